@@ -1,0 +1,11 @@
+"""Registry of training methods: config name -> Method class (a plain dict, no import strings)."""
+from distill.methods.base import LossOutput, Method
+from distill.methods.denoise import DenoiseMethod
+from distill.methods.vae import VaeMethod
+
+REGISTRY: dict[str, type[Method]] = {
+    "denoise": DenoiseMethod,
+    "vae": VaeMethod,
+}
+
+__all__ = ["REGISTRY", "LossOutput", "Method"]

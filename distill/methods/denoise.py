@@ -1,0 +1,72 @@
+"""Plain denoising score matching: how the embedded teacher itself is trained.
+
+DDPM's simple loss (Ho et al. 2020, Eq. 14) with the target in the network's own parameterisation
+(eps, or v of Salimans & Ho 2022), timesteps uniform on 0..T-1, and a fraction of empty captions so
+that classifier-free guidance works (Ho & Salimans 2022, Sec. 3.2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from distill import schedules
+from distill.denoiser import Denoiser
+from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
+from distill.modelset import ModelSet, unwrap
+
+
+@dataclass
+class DenoiseConfig:
+    caption_dropout: float = 0.1  # fraction of captions replaced by "" (unconditional training)
+    train_text_encoder: bool = True  # a fresh teacher learns its text encoder jointly
+    ema_decay: float = 0.0  # > 0: keep and export an EMA of the trained weights
+    sample_steps: int = 25  # recipe of the exported teacher
+    sample_guidance: float = 3.0
+
+
+class DenoiseMethod(Method):
+    Config = DenoiseConfig
+    phases = ("student",)
+
+    def build(self, pipe) -> ModelSet:
+        models = ModelSet(pipe)
+        models["student"] = Denoiser(pipe.unet, pipe.scheduler.config).train().requires_grad_(True)
+        pipe.vae.requires_grad_(False).eval()
+        if self.config.train_text_encoder:
+            models["text_encoder"] = pipe.text_encoder.train().requires_grad_(True)
+        else:
+            pipe.text_encoder.requires_grad_(False).eval()
+        if self.config.ema_decay > 0:
+            for name in list(models.modules):
+                models.add_ema(f"{name}_ema", name, self.config.ema_decay)
+        return models
+
+    def trainable(self, models: ModelSet, phase: str) -> list[str]:
+        return [n for n in ("student", "text_encoder") if n in models]
+
+    def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
+        student = models["student"]
+        latents = models.encode_images(batch["pixels"])
+        b = latents.shape[0]
+        drop = torch.rand(b) < self.config.caption_dropout
+        captions = ["" if d else c for c, d in zip(batch["captions"], drop.tolist())]
+        cond = models.encode_text(captions)
+        den = unwrap(student)
+        t = torch.randint(0, den.alphas_cumprod.shape[0], (b,), device=latents.device)
+        noise = torch.randn_like(latents)
+        alpha, sigma = den.alpha_sigma(t)
+        x_t = alpha * latents + sigma * noise
+        pred = student(x_t, t, cond)
+        target = schedules.output_from_x0_eps(latents, noise, alpha, sigma, den.prediction_type)
+        loss = F.mse_loss(pred.output.float(), target.float())
+        return LossOutput(loss, {"x0_mse": F.mse_loss(pred.x0.float(), latents).item()})
+
+    def to_pipeline(self, models: ModelSet):
+        pick = (lambda n: models[f"{n}_ema"] if f"{n}_ema" in models else models[n])
+        comps = {"unet": unwrap(pick("student")).unet}
+        if "text_encoder" in models:
+            comps["text_encoder"] = pick("text_encoder")
+        recipe = Recipe("DDIMScheduler", {}, self.config.sample_steps, self.config.sample_guidance)
+        return pipeline_with(models, **comps), recipe

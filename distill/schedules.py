@@ -1,0 +1,353 @@
+"""Noise schedules, timestep grids and parameterisation conversions (layer 1: pure functions).
+
+Time conventions:
+* Diffusion teachers: discrete diffusers timesteps ``t in {0, ..., T-1}`` (``T = 1000``; SD1.x uses
+  ``scaled_linear`` betas in [0.00085, 0.012]), ``x_t = alpha_t x0 + sigma_t eps`` with
+  ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)`` (DDPM, Ho et al. 2020, Eq. 4);
+  ``t = 0`` is the cleanest step, ``t = T-1`` the noisiest.
+* Flow students: continuous ``t in [0, 1]``, ``t = 1`` pure noise, ``x_t = (1 - t) x0 + t eps``
+  (diffusers ``FlowMatch*`` convention). Nothing here takes flow time; stated so none is mixed up.
+No modules, no state; diffusers' DDIM/Euler/LCM schedulers are the reference the tests check.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def alphas_cumprod(
+    num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+    beta_schedule: str = "linear",
+) -> Tensor:
+    """Cumulative product ``abar_t = prod_{i<=t} (1 - beta_i)`` of a discrete schedule.
+
+    Computed in float32 like diffusers, then widened: a float64 cumprod differs by ~1e-6 relative,
+    and dividing by ``alpha_t ~ 0.07`` near ``t = T-1`` turns that into ~1e-4 disagreement with the
+    diffusers pipelines the teacher is sampled and evaluated with.
+
+    Args:
+        num_train_timesteps: Number of training timesteps ``T``.
+        beta_start, beta_end: First and last beta (unused by ``squaredcos_cap_v2``).
+        beta_schedule: ``"linear"``, ``"scaled_linear"`` (LDM/SD: linear in sqrt(beta), then
+            squared) or ``"squaredcos_cap_v2"`` (cosine).
+
+    Returns:
+        float64 tensor ``[T]``; callers cast it to their dtype/device.
+    """
+    T = num_train_timesteps
+    if beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
+    elif beta_schedule == "squaredcos_cap_v2":
+        # Improved DDPM (Nichol & Dhariwal 2021, Eq. 17); cap 0.999 avoids a singular beta = 1.
+        def f(u: float) -> float:
+            return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)])
+    else:
+        raise ValueError(f"unknown beta_schedule {beta_schedule!r}; expected {BETA_SCHEDULES}")
+    return torch.cumprod(1.0 - betas.to(torch.float32), dim=0).to(torch.float64)
+
+
+def alphas_cumprod_from_config(config: Mapping) -> Tensor:
+    """``alphas_cumprod`` for a diffusers scheduler config (``scheduler.config`` or its JSON dict).
+
+    Missing keys take diffusers' defaults. Rejects (ValueError) what we cannot reproduce rather
+    than approximating it: ``trained_betas``, unknown ``beta_schedule``, ``rescale_betas_zero_snr``.
+
+    Args:
+        config: Mapping with diffusers' ``num_train_timesteps``/``beta_*``/... keys.
+
+    Returns:
+        float64 tensor ``[num_train_timesteps]``.
+    """
+    trained = config.get("trained_betas")
+    if trained is not None:
+        raise ValueError(f"trained_betas is not supported (got {trained!r}); expected None")
+    if config.get("rescale_betas_zero_snr", False):
+        raise ValueError("rescale_betas_zero_snr=True is not supported")
+    return alphas_cumprod(
+        num_train_timesteps=int(config.get("num_train_timesteps", 1000)),
+        beta_start=float(config.get("beta_start", 0.0001)),
+        beta_end=float(config.get("beta_end", 0.02)),
+        beta_schedule=config.get("beta_schedule", "linear"),
+    )
+
+
+def append_dims(x: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dims so per-sample values broadcast against a batch.
+
+    Args:
+        x: Tensor with ``x.ndim <= ndim``, usually ``[B]``.
+        ndim: Target number of dims, e.g. 4 for ``[B, C, H, W]`` latents.
+
+    Returns:
+        A view with shape ``x.shape + (1,) * (ndim - x.ndim)``.
+    """
+    if x.ndim > ndim:
+        raise ValueError(f"cannot append dims: x has {x.ndim} dims, more than ndim={ndim}")
+    return x.reshape(*x.shape, *([1] * (ndim - x.ndim)))
+
+
+def alpha_sigma(alphas_cumprod: Tensor, t: Tensor, ndim: int = 4) -> tuple[Tensor, Tensor]:
+    """``(alpha_t, sigma_t) = (sqrt(abar_t), sqrt(1 - abar_t))`` at integer timesteps.
+
+    Negative ``t`` raises: indexing would silently wrap to ``abar[T-1]`` (see alpha_sigma_prev).
+
+    Args:
+        alphas_cumprod: ``[T]`` schedule; results have its dtype.
+        t: Integer timesteps in ``[0, T-1]``, any shape (usually ``[B]``).
+        ndim: Dims of the batch to broadcast against (4 gives ``[B, 1, 1, 1]`` for ``t: [B]``).
+
+    Returns:
+        ``(alpha_t, sigma_t)`` on ``t``'s device, each ``append_dims(..., ndim)``.
+    """
+    t = torch.as_tensor(t)
+    if bool((t < 0).any()):
+        raise ValueError("alpha_sigma got negative timesteps; use alpha_sigma_prev for t < 0")
+    abar = alphas_cumprod.to(t.device)[t.long()]
+    return append_dims(abar.sqrt(), ndim), append_dims((1.0 - abar).sqrt(), ndim)
+
+
+def alpha_sigma_prev(
+    alphas_cumprod: Tensor, s: Tensor, set_alpha_to_one: bool = False, ndim: int = 4
+) -> tuple[Tensor, Tensor]:
+    """``(alpha_s, sigma_s)`` for a DDIM target timestep that may fall off the grid (``s < 0``).
+
+    DDIM's last jump targets ``s = t - T // n < 0``; like diffusers' ``final_alpha_cumprod``, any
+    ``s < 0`` uses ``abar = 1`` (``set_alpha_to_one``) or ``abar[0]`` (SD1.x ships False).
+
+    Args:
+        alphas_cumprod: ``[T]`` schedule; results have its dtype.
+        s: Integer timesteps ``<= T-1``, any shape; negative entries mean "final".
+        set_alpha_to_one: Final ``abar`` is 1.0 if True, else ``abar[0]``.
+        ndim: As in :func:`alpha_sigma`.
+
+    Returns:
+        ``(alpha_s, sigma_s)`` shaped as in :func:`alpha_sigma`.
+    """
+    s = torch.as_tensor(s).long()
+    table = alphas_cumprod.to(s.device)
+    final = torch.ones((), dtype=table.dtype, device=s.device) if set_alpha_to_one else table[0]
+    abar = torch.where(s >= 0, table[s.clamp(min=0)], final)
+    return append_dims(abar.sqrt(), ndim), append_dims((1.0 - abar).sqrt(), ndim)
+
+
+def x0_eps_from_output(
+    output: Tensor, x_t: Tensor, alpha_t: Tensor, sigma_t: Tensor, prediction_type: str
+) -> tuple[Tensor, Tensor]:
+    """Recover ``(x0, eps)`` from a model output, given ``x_t = alpha_t x0 + sigma_t eps``.
+
+    Coefficients are cast to ``x_t``'s dtype so the float64 schedule does not promote the batch.
+
+    Args:
+        output: Model output.
+        x_t: The noisy input the model saw.
+        alpha_t, sigma_t: Broadcastable coefficients from :func:`alpha_sigma`.
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"`` (x0 prediction).
+
+    Returns:
+        ``(x0, eps)``.
+    """
+    a, s = alpha_t.to(x_t.dtype), sigma_t.to(x_t.dtype)
+    if prediction_type == "epsilon":
+        return (x_t - s * output) / a, output  # DDIM (Song et al. 2021) Eq. 12, "predicted x0"
+    if prediction_type == "sample":
+        return output, (x_t - a * output) / s
+    if prediction_type == "v_prediction":
+        # v = alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4). Inverting via alpha^2 + sigma^2 = 1
+        # avoids dividing by alpha or sigma, each of which nears 0 at one end of the schedule.
+        return a * x_t - s * output, a * output + s * x_t
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected {PREDICTION_TYPES}")
+
+
+def output_from_x0_eps(
+    x0: Tensor, eps: Tensor, alpha_t: Tensor, sigma_t: Tensor, prediction_type: str
+) -> Tensor:
+    """Inverse of :func:`x0_eps_from_output`: what a ``prediction_type`` model should output.
+
+    Args:
+        x0, eps: Clean sample and noise.
+        alpha_t, sigma_t: Broadcastable coefficients.
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+
+    Returns:
+        ``eps``, ``v = alpha eps - sigma x0`` or ``x0``, in ``x0``'s dtype.
+    """
+    if prediction_type == "epsilon":
+        return eps
+    if prediction_type == "sample":
+        return x0
+    if prediction_type == "v_prediction":
+        return alpha_t.to(x0.dtype) * eps - sigma_t.to(x0.dtype) * x0
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected {PREDICTION_TYPES}")
+
+
+def ddim_step(x0: Tensor, eps: Tensor, alpha_s: Tensor, sigma_s: Tensor) -> Tensor:
+    """Deterministic DDIM jump to ``s``: ``x_s = alpha_s x0 + sigma_s eps`` (DDIM Eq. 12, eta = 0).
+
+    Args:
+        x0, eps: Predicted clean sample and noise.
+        alpha_s, sigma_s: Coefficients at ``s`` (:func:`alpha_sigma_prev` for the final step).
+
+    Returns:
+        ``x_s`` in ``x0``'s dtype.
+    """
+    return alpha_s.to(x0.dtype) * x0 + sigma_s.to(x0.dtype) * eps
+
+
+def _check_num_steps(num_steps: int, num_train_timesteps: int) -> None:
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"num_steps={num_steps} must be in [1, {num_train_timesteps}]")
+
+
+# The three spacings are Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are
+# Flawed"), Table 2. Each equals diffusers' DDIMScheduler.set_timesteps for that timestep_spacing.
+def timesteps_leading(
+    num_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 0
+) -> Tensor:
+    """"leading" grid ``i * (T // n) + steps_offset``, descending.
+
+    Args:
+        num_steps: Inference steps ``n``.
+        num_train_timesteps: ``T``.
+        steps_offset: Added to every timestep (SD1.x uses 1, so the grid ends at 1, not 0).
+
+    Returns:
+        LongTensor ``[n]``, descending.
+    """
+    _check_num_steps(num_steps, num_train_timesteps)
+    ratio = num_train_timesteps // num_steps
+    return (torch.arange(num_steps, dtype=torch.long) * ratio + steps_offset).flip(0)
+
+
+def timesteps_trailing(num_steps: int, num_train_timesteps: int = 1000) -> Tensor:
+    """"trailing" grid ``round(T - i * T / n) - 1``, descending; always starts at ``T - 1``.
+
+    Built as ``numpy.arange`` builds it (``T + i * ((T + step) - T)``), not exactly: its float error
+    breaks some .5 ties downward (e.g. n = 48); matching it equals diffusers for all n in 1..1000.
+
+    Args:
+        num_steps: Inference steps ``n``.
+        num_train_timesteps: ``T``.
+
+    Returns:
+        LongTensor, descending (length ``n`` for ``T = 1000``).
+    """
+    _check_num_steps(num_steps, num_train_timesteps)
+    T = float(num_train_timesteps)
+    step = -T / num_steps
+    delta = (T + step) - T
+    values = T + torch.arange(math.ceil(-T / step), dtype=torch.float64) * delta
+    return torch.round(values).long() - 1
+
+
+def timesteps_linspace(num_steps: int, num_train_timesteps: int = 1000) -> Tensor:
+    """"linspace" grid ``round(linspace(0, T - 1, n))`` (half to even), descending.
+
+    Args:
+        num_steps: Inference steps ``n``.
+        num_train_timesteps: ``T``.
+
+    Returns:
+        LongTensor ``[n]``, descending.
+    """
+    _check_num_steps(num_steps, num_train_timesteps)
+    last = float(num_train_timesteps - 1)
+    values = torch.zeros(num_steps, dtype=torch.float64)
+    if num_steps > 1:  # numpy.linspace's float ops (i * step, endpoint pinned): same tie rounding
+        values = torch.arange(num_steps, dtype=torch.float64) * (last / (num_steps - 1))
+        values[-1] = last
+    return torch.round(values).long().flip(0)
+
+
+def inference_timesteps(
+    num_steps: int, spacing: str, num_train_timesteps: int = 1000, steps_offset: int = 0
+) -> Tensor:
+    """The grid for a diffusers ``timestep_spacing``; as there, ``steps_offset`` is leading-only.
+
+    Args:
+        num_steps: Inference steps ``n``.
+        spacing: ``"leading"``, ``"trailing"`` or ``"linspace"``.
+        num_train_timesteps: ``T``.
+        steps_offset: Offset for "leading".
+
+    Returns:
+        LongTensor, descending.
+    """
+    if spacing == "leading":
+        return timesteps_leading(num_steps, num_train_timesteps, steps_offset)
+    if spacing == "trailing":
+        return timesteps_trailing(num_steps, num_train_timesteps)
+    if spacing == "linspace":
+        return timesteps_linspace(num_steps, num_train_timesteps)
+    raise ValueError(f"unknown timestep spacing {spacing!r}; expected {TIMESTEP_SPACINGS}")
+
+
+def ddim_skip_grid(num_ddim_timesteps: int = 50, num_train_timesteps: int = 1000) -> Tensor:
+    """LCM's DDIM-solver grid ``t_n = (n + 1) k - 1``, ``k = T // N`` (Luo et al. 2023, Sec. 4.3).
+
+    [19, 39, ..., 999] for N = 50, where ``LCMScheduler(original_inference_steps=N)`` samples from:
+    the student is trained exactly where it will be run.
+
+    Args:
+        num_ddim_timesteps: ``N``.
+        num_train_timesteps: ``T``.
+
+    Returns:
+        LongTensor ``[N]``, ascending.
+    """
+    _check_num_steps(num_ddim_timesteps, num_train_timesteps)
+    k = num_train_timesteps // num_ddim_timesteps
+    return torch.arange(1, num_ddim_timesteps + 1, dtype=torch.long) * k - 1
+
+
+def previous_on_grid(t: Tensor, k: int) -> Tensor:
+    """The point one skipping step below ``t`` on :func:`ddim_skip_grid`: ``s = max(t - k, 0)``.
+
+    The lowest point ``k - 1`` would map to -1; clamping to 0 (as LCM distillation does) gives a
+    target where the boundary condition makes ``f(x, 0) = x`` exact.
+
+    Args:
+        t: Integer timesteps, any shape.
+        k: Skipping interval ``T // N``.
+
+    Returns:
+        LongTensor shaped like ``t``.
+    """
+    return (torch.as_tensor(t).long() - k).clamp(min=0)
+
+
+def consistency_scalings(
+    t: Tensor, sigma_data: float = 0.5, timestep_scaling: float = 10.0
+) -> tuple[Tensor, Tensor]:
+    """Boundary-condition scalings of ``f(x, t) = c_skip(t) x + c_out(t) F(x, t)``.
+
+    Consistency Models (Song et al. 2023, Sec. 3 / App. C): ``c_skip = sd^2 / (u^2 + sd^2)``,
+    ``c_out = u sd / sqrt(u^2 + sd^2)``. LCM (Luo et al. 2023) sets ``u = t * timestep_scaling`` on
+    the discrete timestep and, like ``LCMScheduler``, drops ``c_out``'s ``sd`` factor.
+    ``c_skip(0) = 1, c_out(0) = 0`` gives ``f(x, 0) = x``; the factor 10 fades the skip term by
+    ``t = 1`` (c_skip ~ 0.0025), so elsewhere ``f`` is just the x0 prediction.
+
+    Args:
+        t: Timesteps, any shape; integer input is computed in float64.
+        sigma_data: ``sd``.
+        timestep_scaling: Discrete timestep to ``u`` multiplier.
+
+    Returns:
+        ``(c_skip, c_out)`` shaped like ``t`` (:func:`append_dims` them to broadcast).
+    """
+    t = torch.as_tensor(t)
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    u = t * timestep_scaling
+    denom = u**2 + sigma_data**2
+    return sigma_data**2 / denom, u / denom.sqrt()
