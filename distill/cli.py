@@ -134,16 +134,26 @@ def cmd_sample(args) -> int:
 
 
 def cmd_build_classifier(args) -> int:
-    from distill.data.procedural import ProceduralDataset  # noqa: F401  (validated below)
-    from eval import classifier
-
+    import torch
     import yaml
+
+    from distill.data.procedural import ATTRIBUTES, ProceduralDataset
+    from eval.classifier import rendered_batches, train_from_config
 
     path = Path(args.config)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     cfg = yaml.safe_load(path.read_text())
-    classifier.train_from_config(cfg, Path(args.out))
+
+    def render_batch(seed: int, start: int, n: int):
+        ds = ProceduralDataset(seed)
+        items = [ds[i] for i in range(start, start + n)]
+        return torch.stack([it["image"] for it in items]), torch.stack([it["labels"] for it in items])
+
+    val = render_batch(cfg["val_seed"], 0, cfg["val_size"])
+    _, acc = train_from_config(cfg, ATTRIBUTES, lambda seed, bs: rendered_batches(render_batch, seed, bs),
+                               args.out, val_data=val)
+    print(f"fewstep: wrote {args.out}; held-out accuracy {json.dumps(acc)}", file=sys.stderr)
     return 0
 
 

@@ -92,7 +92,10 @@ class Trainer:
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=tc.batch_size, sampler=StreamSampler(len(dataset), cfg.data.source != "procedural",
                                                                      tc.seed),
-            collate_fn=collate, num_workers=cfg.data.num_workers, drop_last=True)
+            collate_fn=collate, num_workers=cfg.data.num_workers, drop_last=True,
+            # Its own generator: creating an iterator then draws no global RNG, so a resumed run
+            # sees the same noise as an uninterrupted one.
+            generator=torch.Generator().manual_seed(tc.seed))
         self.loader = self.acc.prepare(self.loader)
         self.val_batch = self._validation_batch()
         self.step = 0

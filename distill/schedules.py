@@ -351,3 +351,51 @@ def consistency_scalings(
     u = t * timestep_scaling
     denom = u**2 + sigma_data**2
     return sigma_data**2 / denom, u / denom.sqrt()
+
+
+def consistency_timesteps(num_steps: int, num_ddim_timesteps: int = 50, num_train_timesteps: int = 1000) -> Tensor:
+    """Inference timesteps of a consistency student: ``num_steps`` points of :func:`ddim_skip_grid`.
+
+    Evenly spaced indices into the descending skip grid, ``floor(i N / K)`` for i < K: the same
+    timesteps ``LCMScheduler`` and ``TCDScheduler`` (``original_inference_steps=N``) run, so the
+    segment edges a multistep student trains on are exactly where the stock schedulers evaluate it
+    ([999, 759, 499, 259] for K=4, N=50).
+
+    Args:
+        num_steps: ``K``, at most ``N``.
+        num_ddim_timesteps: ``N``.
+        num_train_timesteps: ``T``.
+
+    Returns:
+        LongTensor ``[K]``, descending.
+    """
+    if not 1 <= num_steps <= num_ddim_timesteps:
+        raise ValueError(f"num_steps must be in 1..{num_ddim_timesteps} (the DDIM grid size), got {num_steps}")
+    grid = ddim_skip_grid(num_ddim_timesteps, num_train_timesteps).flip(0)
+    idx = torch.arange(num_steps, dtype=torch.long) * num_ddim_timesteps // num_steps
+    return grid[idx]
+
+
+def segment_edges(num_segments: int, num_ddim_timesteps: int = 50, num_train_timesteps: int = 1000) -> Tensor:
+    """Boundaries of a trajectory split into K segments, descending, ending at 0.
+
+    Segment i covers ``(edges[i + 1], edges[i]]``; a multistep consistency student maps any point of
+    it to ``edges[i + 1]`` (Hyper-SD TSCD / phased consistency). The upper edges are
+    :func:`consistency_timesteps`, so K-step TCD/LCM sampling visits exactly these points.
+
+    Returns:
+        LongTensor ``[K + 1]``.
+    """
+    top = consistency_timesteps(num_segments, num_ddim_timesteps, num_train_timesteps)
+    return torch.cat([top, torch.zeros(1, dtype=torch.long)])
+
+
+def segment_end(t: Tensor, edges: Tensor) -> Tensor:
+    """For each timestep, the lower edge of the segment containing it (``edges`` from
+    :func:`segment_edges`); t exactly on an upper edge belongs to the segment below that edge."""
+    t = torch.as_tensor(t).long()
+    lower = edges.to(t.device)
+    # the largest edge strictly below t (edges descend; the final 0 catches everything > 0)
+    below = lower[None, :] < t.reshape(-1, 1)
+    first = below.float().argmax(dim=1)
+    return lower[first].reshape(t.shape)

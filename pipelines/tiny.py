@@ -6,6 +6,8 @@ by ``fewstep train`` (configs/tiny/vae.yaml, then configs/tiny/teacher.yaml).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -24,6 +26,17 @@ SD15_SCHEDULE = dict(
     clip_sample=False,
     set_alpha_to_one=False,
 )
+
+
+def _norm_groups(channels: list[int]) -> int:
+    """GroupNorm groups: the largest divisor of every width, at most 16 (tiny widths need few groups)."""
+    g = math.gcd(*channels)
+    return max(d for d in range(1, 17) if g % d == 0)
+
+
+# The VAE's GroupNorms get at least 8 channels per group: with 1-2 channels a group, normalising
+# removes each channel's spatial mean, i.e. the absolute colour of a flat background, and the tiny
+# autoencoder then returns shapes in an averaged brown (seen on the procedural domain).
 
 
 def build_tiny_pipeline(arch: TinyArch, seed: int = 0) -> StableDiffusionPipeline:
@@ -50,7 +63,7 @@ def build_tiny_pipeline(arch: TinyArch, seed: int = 0) -> StableDiffusionPipelin
         block_out_channels=tuple(arch.vae_channels),
         layers_per_block=1,
         latent_channels=arch.latent_channels,
-        norm_num_groups=16,
+        norm_num_groups=max(1, math.gcd(*arch.vae_channels) // 8),  # >= 8 channels a group: see below
         sample_size=arch.resolution,
         scaling_factor=1.0,  # set from latent statistics after the VAE is trained
     )
@@ -65,7 +78,7 @@ def build_tiny_pipeline(arch: TinyArch, seed: int = 0) -> StableDiffusionPipelin
         layers_per_block=arch.unet_layers_per_block,
         cross_attention_dim=arch.text_hidden,
         attention_head_dim=arch.unet_attention_head_dim,
-        norm_num_groups=16,  # divides every width in TinyArch defaults
+        norm_num_groups=_norm_groups(arch.unet_channels),
     )
     scheduler = DDIMScheduler(**SD15_SCHEDULE, prediction_type=arch.prediction_type)
     return StableDiffusionPipeline(

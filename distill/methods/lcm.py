@@ -1,0 +1,128 @@
+"""Latent consistency distillation (LCM, Luo et al. 2023, Algorithm 1 / Eq. 9).
+
+A point z_t on the DDIM skip grid is moved one skipping step to s = t - k by the teacher's DDIM
+solver with classifier-free guidance w; the student's consistency function at (z_t, t) must match
+the target network's at (z_s, s):
+
+    f(z, t) = c_skip(t) z + c_out(t) x0_theta(z, t)           (boundary condition, f(z, 0) = z)
+    loss    = d(f_theta(z_t, t), f_target(z_s, s))             (pseudo-Huber or L2)
+
+LoRA students (LCM-LoRA, Luo et al. 2023b) use the online student under no_grad as the target and
+the frozen base weights as the teacher; full students keep an EMA target and take w as a
+guidance embedding (``time_cond_proj_dim``), so guidance stays a knob at inference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from distill import schedules
+from distill.denoiser import Denoiser
+from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
+from distill.modelset import ModelSet, unwrap
+from distill.students import add_lora, base_weights, guidance_embedding, with_guidance_embedding
+
+
+@dataclass
+class LCMConfig:
+    num_ddim_timesteps: int = 50  # N of the teacher's DDIM skip grid; the exported scheduler uses it too
+    w_min: float = 3.0  # teacher guidance in LCM form cond + w (cond - uncond), w ~ U[w_min, w_max]
+    w_max: float = 15.0
+    loss: Literal["huber", "l2"] = "huber"
+    huber_c: float = 0.001  # pseudo-Huber sqrt(d^2 + c^2) - c
+    timestep_scaling: float = 10.0  # as LCMScheduler
+    sigma_data: float = 0.5
+    target_ema: float = 0.95  # full students: EMA decay of the target network
+    w_embedding_dim: int = 256  # full students: time_cond_proj_dim of the guidance embedding
+    sample_steps: int = 4  # recipe of the export
+    sample_guidance: float = 8.0  # full students only (w = guidance - 1 is embedded); LoRA students use 1
+
+
+def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
+    """Mean of sqrt((a - b)^2 + c^2) - c (Song & Dhariwal 2023, Sec. 3.3)."""
+    return (torch.sqrt((a.float() - b.float()) ** 2 + c * c) - c).mean()
+
+
+def consistency_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, c: float) -> torch.Tensor:
+    return pseudo_huber(pred, target, c) if kind == "huber" else torch.mean((pred.float() - target.float()) ** 2)
+
+
+class LCMMethod(Method):
+    Config = LCMConfig
+    phases = ("student",)
+
+    @property
+    def lora(self) -> bool:
+        return self.student_config.kind == "lora"
+
+    def build(self, pipe) -> ModelSet:
+        models = ModelSet(pipe)
+        pipe.vae.requires_grad_(False).eval()
+        pipe.text_encoder.requires_grad_(False).eval()
+        sched = pipe.scheduler.config
+        if self.lora:
+            models["student"] = Denoiser(add_lora(pipe.unet, self.student_config), sched).train()
+        else:
+            pipe.unet.requires_grad_(False).eval()
+            models["teacher"] = Denoiser(pipe.unet, sched)
+            student = with_guidance_embedding(pipe.unet, self.config.w_embedding_dim).train().requires_grad_(True)
+            models["student"] = Denoiser(student, sched)
+            models.add_ema("target", "student", self.config.target_ema)
+        return models
+
+    def trainable(self, models: ModelSet, phase: str) -> list[str]:
+        return ["student"]
+
+    def _teacher(self, models: ModelSet, x, t, cond, uncond, w):
+        """Teacher x0 / eps with CFG in LCM form: cond + w (cond - uncond) = standard scale 1 + w."""
+        if self.lora:
+            with base_weights(models["student"]):
+                return unwrap(models["student"])(x, t, cond, uncond=uncond, guidance=1 + w)
+        return models["teacher"](x, t, cond, uncond=uncond, guidance=1 + w)
+
+    def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
+        cfg = self.config
+        student = models["student"]
+        den = unwrap(student)
+        latents = models.encode_images(batch["pixels"])
+        b, dev = latents.shape[0], latents.device
+        with torch.no_grad():
+            cond = models.encode_text(batch["captions"])
+            uncond = models.encode_text([""] * b)
+        T = den.alphas_cumprod.shape[0]
+        k = T // cfg.num_ddim_timesteps
+        grid = schedules.ddim_skip_grid(cfg.num_ddim_timesteps, T).to(dev)
+        t = grid[torch.randint(0, cfg.num_ddim_timesteps, (b,), device=dev)]
+        s = schedules.previous_on_grid(t, k)
+        noise = torch.randn_like(latents)
+        a_t, s_t = den.alpha_sigma(t)
+        z_t = a_t * latents + s_t * noise
+        w = torch.rand(b, device=dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
+        w_emb = None if self.lora else guidance_embedding(w, cfg.w_embedding_dim).to(latents.dtype)
+
+        def f(pred_x0, x, tt):  # consistency function with LCM's boundary scalings
+            c_skip, c_out = (schedules.append_dims(c, x.ndim).to(x.dtype) for c in
+                             schedules.consistency_scalings(tt, cfg.sigma_data, cfg.timestep_scaling))
+            return c_skip * x + c_out * pred_x0
+
+        online = f(student(z_t, t, cond, timestep_cond=w_emb).x0, z_t, t)
+        with torch.no_grad():
+            teacher = self._teacher(models, z_t, t, cond, uncond, w)
+            a_s, s_s = schedules.alpha_sigma(den.alphas_cumprod, s)
+            z_s = schedules.ddim_step(teacher.x0, teacher.eps, a_s, s_s)
+            target_net = den if self.lora else models["target"]
+            target = f(target_net(z_s, s, cond, timestep_cond=w_emb).x0, z_s, s)
+        loss = consistency_loss(online, target, cfg.loss, cfg.huber_c)
+        return LossOutput(loss, {"t_mean": t.float().mean().item()})
+
+    def recipe(self, steps: int | None = None) -> Recipe:
+        kwargs = {"original_inference_steps": self.config.num_ddim_timesteps,
+                  "timestep_scaling": self.config.timestep_scaling}
+        return Recipe("LCMScheduler", kwargs, steps or self.config.sample_steps,
+                      1.0 if self.lora else self.config.sample_guidance)
+
+    def to_pipeline(self, models: ModelSet):
+        net = models["student"] if self.lora else models["target"]  # full students export the EMA target
+        return pipeline_with(models, unet=unwrap(net).unet), self.recipe()

@@ -1,0 +1,75 @@
+"""Building students from a teacher UNet: a peft LoRA on it, or a full copy with a guidance embedding.
+
+A LoRA student shares the frozen base weights with the teacher: the teacher is the same UNet with
+the adapters switched off (``base_weights``), which is how LCM-LoRA trains without a second copy.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+from diffusers import UNet2DConditionModel
+from peft import LoraConfig
+from torch import nn
+
+from distill.config import StudentConfig
+from distill.modelset import unwrap
+
+
+def lora_target_modules(unet: nn.Module, patterns: list[str]) -> list[str]:
+    """Full module names of ``unet`` whose name ends with one of ``patterns`` (Linear / Conv2d only).
+
+    Resolving to full names up front lets a tiny UNet and SD1.5 share one config, and a pattern
+    that matches nothing fails loudly instead of training an empty adapter.
+    """
+    names = [n for n, m in unet.named_modules()
+             if isinstance(m, (nn.Linear, nn.Conv2d)) and any(n == p or n.endswith("." + p) for p in patterns)]
+    if not names:
+        raise ValueError(f"student.lora_targets {patterns} match no Linear/Conv2d module of the UNet")
+    return names
+
+
+def add_lora(unet: UNet2DConditionModel, cfg: StudentConfig, adapter_name: str = "default") -> UNet2DConditionModel:
+    """Freeze ``unet`` and attach a trainable peft LoRA (rank, alpha and targets from ``cfg``)."""
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
+                                target_modules=lora_target_modules(unet, cfg.lora_targets)), adapter_name)
+    for n, p in unet.named_parameters():
+        p.requires_grad_("lora_" in n)
+    return unet
+
+
+@contextmanager
+def base_weights(module: nn.Module):
+    """Run the wrapped UNet without its LoRA adapters (the teacher of a LoRA student)."""
+    unet = getattr(unwrap(module), "unet", unwrap(module))
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of the guidance scale w (LCM, Luo et al. 2023, Sec. 4.2; the same
+    formula diffusers' pipelines use for ``timestep_cond``: w scaled by 1000, sin then cos)."""
+    w = w.float() * 1000.0
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * -(math.log(10000.0) / (half - 1)))
+    emb = w[:, None] * freqs[None, :]
+    emb = torch.cat([emb.sin(), emb.cos()], dim=1)
+    return nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def with_guidance_embedding(unet: UNet2DConditionModel, dim: int = 256) -> UNet2DConditionModel:
+    """A full copy of ``unet`` that also takes a guidance embedding (``time_cond_proj_dim``).
+
+    The new projection starts at zero, so the copy initially computes exactly what the teacher
+    does and learns how to use w during distillation.
+    """
+    student = UNet2DConditionModel.from_config(unet.config, time_cond_proj_dim=dim)
+    missing, unexpected = student.load_state_dict(unet.state_dict(), strict=False)
+    assert not unexpected and all("cond_proj" in k for k in missing), (missing, unexpected)
+    nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    return student.to(device=unet.device) if unet.dtype == torch.float32 else student.to(unet.device, unet.dtype)

@@ -1,0 +1,59 @@
+import pytest
+
+from distill.config import ConfigError, load_config, parse_config, save_config, to_dict
+from tests.conftest import run_dict
+
+
+def test_parse_types_method_section(tmp_path):
+    raw = run_dict(tmp_path)
+    raw["method"].update(caption_dropout=0.2, ema_decay=0.99)
+    cfg = parse_config(raw)
+    assert cfg.method.name == "denoise"
+    assert cfg.method.config.caption_dropout == 0.2
+    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
+    assert cfg.model.tiny.unet_channels == [16, 32]
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda d: d["train"].update(lrr=1), "unknown key 'train.lrr'"),
+    (lambda d: d["train"].update(steps="many"), "train.steps: expected int"),
+    (lambda d: d["train"].update(mixed_precision="fp8"), "train.mixed_precision: 'fp8' is not allowed"),
+    (lambda d: d["method"].update(caption_dropot=0.1), "unknown key 'method.caption_dropot'"),
+    (lambda d: d["method"].update(name="nope"), "unknown method 'nope'"),
+    (lambda d: d.pop("name"), "missing required key 'name'"),
+    (lambda d: d.update(model={}), "model.pretrained"),
+])
+def test_bad_config_names_the_key(tmp_path, mutate, needle):
+    raw = run_dict(tmp_path)
+    mutate(raw)
+    with pytest.raises(ConfigError, match=None) as e:
+        parse_config(raw)
+    assert needle in str(e.value)
+
+
+def test_unknown_key_lists_allowed_keys(tmp_path):
+    raw = run_dict(tmp_path)
+    raw["train"]["lrr"] = 1
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    assert "batch_size" in str(e.value) and "lr," in str(e.value)
+
+
+def test_yaml_overrides_and_round_trip(tmp_path):
+    import yaml
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(run_dict(tmp_path)))
+    cfg = load_config(path, ["train.lr=3e-4", "method.ema_decay=0.5", "data.seed=7"])
+    assert cfg.train.lr == 3e-4 and cfg.method.config.ema_decay == 0.5 and cfg.data.seed == 7
+    save_config(cfg, tmp_path / "resolved.yaml")
+    again = load_config(tmp_path / "resolved.yaml")
+    assert to_dict(again) == to_dict(cfg)
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\n")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["train.lr"])
