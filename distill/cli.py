@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="output PNG grid")
 
+    e = sub.add_parser("export", help="export a run's last checkpoint (LoRA weights or a full pipeline)",
+                       description="Export the newest finished checkpoint of a run: LoRA students as "
+                                   "pytorch_lora_weights.safetensors, full students as a diffusers pipeline; "
+                                   "with a stock scheduler recipe and a model card.")
+    e.add_argument("run_dir", help="runs/<name>")
+    e.add_argument("--fuse", action="store_true", help="fuse a LoRA into the base and write a full pipeline")
+    e.add_argument("--out", help="output folder (default runs/<name>/export or export-fused)")
+
     c = sub.add_parser("build-classifier", help="train the embedded attribute classifier")
     c.add_argument("--config", default="configs/classifier.yaml")
     c.add_argument("--out", default="assets/classifier")
@@ -69,7 +77,7 @@ def _load_pipeline_for(cfg):
 
 
 def cmd_train(args) -> int:
-    from distill.config import load_config, to_dict
+    from distill.config import load_config
     from distill.loop import Trainer, list_checkpoints
 
     cfg = load_config(args.config, args.overrides)
@@ -92,14 +100,33 @@ def cmd_train(args) -> int:
         print(f"fewstep: resumed from {resume} at step {trainer.step}", file=sys.stderr)
     models = trainer.train()
     if not args.no_export and trainer.acc.is_main_process:
-        from pipelines.export import export_pipeline
+        from pipelines.export import export_run
 
-        out_pipe, recipe = trainer.method.to_pipeline(models)
-        out = export_pipeline(out_pipe, recipe, cfg.run_dir / "export", title=f"fewstep run {cfg.name}",
-                              base_model=cfg.model.pretrained, config=to_dict(cfg),
-                              body=f"Trained with fewstep method `{cfg.method.name}`.",
-                              grid_prompts=trainer.val_batch["captions"])
+        out = export_run(trainer.method, models, cfg, cfg.run_dir / "export",
+                         grid_prompts=trainer.val_batch["captions"])
         print(f"fewstep: exported to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from distill.config import load_config
+    from distill.loop import Trainer, list_checkpoints
+    from pipelines.export import export_run
+
+    run = Path(args.run_dir)
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"{run} is not a fewstep run directory (config.yaml missing)")
+    done = list_checkpoints(run)
+    if not done:
+        raise UserError(f"{run} has no finished checkpoint under checkpoints/ (was the run killed before its "
+                        "first save? resume it with fewstep train CONFIG --resume latest)")
+    cfg = load_config(run / "config.yaml")
+    cfg.output_dir, cfg.name = str(run.parent), run.name
+    trainer = Trainer(cfg, _load_pipeline_for(cfg))
+    trainer.load_checkpoint(done[-1][1])
+    out = Path(args.out) if args.out else run / ("export-fused" if args.fuse else "export")
+    export_run(trainer.method, trainer.models, cfg, out, fuse=args.fuse, grid_prompts=trainer.val_batch["captions"])
+    print(f"fewstep: exported step {trainer.step} of {run} to {out}", file=sys.stderr)
     return 0
 
 
@@ -115,6 +142,9 @@ def cmd_sample(args) -> int:
         lora = Path(args.lora)
         if not (lora / "pytorch_lora_weights.safetensors").is_file():
             raise UserError(f"--lora {lora}: pytorch_lora_weights.safetensors not found")
+        from pipelines.export import check_lora_base
+
+        check_lora_base(lora, pipe.unet)
         pipe.load_lora_weights(str(lora))
         lora_recipe = lora / "fewstep_recipe.json"
         if lora_recipe.is_file():
@@ -124,6 +154,10 @@ def cmd_sample(args) -> int:
     recipe.guidance = recipe.guidance if args.guidance is None else args.guidance
     if not hasattr(__import__("diffusers"), recipe.scheduler):
         raise UserError(f"--scheduler {recipe.scheduler}: not a diffusers scheduler class")
+    try:
+        recipe.check_steps(recipe.steps)
+    except ValueError as e:
+        raise UserError(f"--steps: {e}") from None
     apply_recipe(pipe, recipe)
     prompts = [p for p in args.prompt for _ in range(args.num_images)]
     images = generate(pipe, prompts, recipe.steps, recipe.guidance, args.seed)
@@ -157,18 +191,19 @@ def cmd_build_classifier(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "build-classifier": cmd_build_classifier}
+COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "build-classifier": cmd_build_classifier}
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = _parser().parse_args(argv)
     from distill.config import ConfigError
+    from pipelines.export import LoraBaseError
     from pipelines.teacher import TeacherError
 
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ConfigError, TeacherError) as e:
+    except (UserError, ConfigError, TeacherError, LoraBaseError) as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
         return 2
 

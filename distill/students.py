@@ -5,6 +5,7 @@ the adapters switched off (``base_weights``), which is how LCM-LoRA trains witho
 """
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 
@@ -14,7 +15,8 @@ from peft import LoraConfig
 from torch import nn
 
 from distill.config import StudentConfig
-from distill.modelset import unwrap
+from distill.denoiser import Denoiser
+from distill.modelset import ModelSet, unwrap
 
 
 def lora_target_modules(unet: nn.Module, patterns: list[str]) -> list[str]:
@@ -73,3 +75,24 @@ def with_guidance_embedding(unet: UNet2DConditionModel, dim: int = 256) -> UNet2
     assert not unexpected and all("cond_proj" in k for k in missing), (missing, unexpected)
     nn.init.zeros_(student.time_embedding.cond_proj.weight)
     return student.to(device=unet.device) if unet.dtype == torch.float32 else student.to(unet.device, unet.dtype)
+
+
+def build_students(pipe, cfg: StudentConfig, target_ema: float = 0.0, w_embedding_dim: int | None = None) -> ModelSet:
+    """The roles of a distillation run: ``student`` (trainable), and for full students a frozen
+    ``teacher`` plus, if ``target_ema`` > 0, an EMA ``target``. LoRA students need neither: the
+    teacher is the base weights and the target the online student under no_grad (LCM-LoRA).
+    ``w_embedding_dim`` gives full students a guidance embedding."""
+    models = ModelSet(pipe)
+    pipe.vae.requires_grad_(False).eval()
+    pipe.text_encoder.requires_grad_(False).eval()
+    sched = pipe.scheduler.config
+    if cfg.kind == "lora":
+        models["student"] = Denoiser(add_lora(pipe.unet, cfg), sched).train()
+        return models
+    pipe.unet.requires_grad_(False).eval()
+    models["teacher"] = Denoiser(pipe.unet, sched)
+    student = with_guidance_embedding(pipe.unet, w_embedding_dim) if w_embedding_dim else copy.deepcopy(pipe.unet)
+    models["student"] = Denoiser(student.train().requires_grad_(True), sched)
+    if target_ema > 0:
+        models.add_ema("target", "student", target_ema)
+    return models

@@ -5,6 +5,7 @@ so a killed export never leaves a folder that looks loadable.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -68,3 +69,113 @@ def export_pipeline(pipe, recipe: Recipe, out: str | Path, *, title: str, base_m
         (tmp / "README.md").write_text(model_card(title, base_model, recipe, text, ["fewstep-export"]))
 
     return _atomic_dir(Path(out), write)
+
+
+def base_fingerprint(unet) -> str:
+    """A short hash of a base UNet (architecture and a few weights), stored with LoRA exports so a
+    LoRA loaded onto a different base is caught with a clear message instead of silent garbage."""
+    cfg = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    state = unet.state_dict()
+    for key in ("conv_in.weight", "conv_out.weight"):
+        weight = state.get(key, state.get(f"{key.rsplit('.', 1)[0]}.base_layer.weight"))
+        h.update(weight.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def lora_state_dict(unet) -> dict:
+    """The UNet's LoRA weights with peft key names, which ``load_lora_weights`` reads directly.
+
+    (``convert_state_dict_to_diffusers`` renames attention LoRAs to the old ``lora.down`` form,
+    which diffusers 0.42 then fails to match, silently dropping them: measured, not assumed.)
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(unet)
+
+
+def save_lora(pipe, folder) -> None:
+    """``pytorch_lora_weights.safetensors`` with the adapter's rank/alpha metadata (so alpha != rank
+    loads with the right scale)."""
+    meta = pipe.unet.peft_config["default"].to_dict()
+    meta = {k: (sorted(v) if isinstance(v, set) else v) for k, v in meta.items()}
+    type(pipe).save_lora_weights(folder, unet_lora_layers=lora_state_dict(pipe.unet), safe_serialization=True,
+                                 unet_lora_adapter_metadata=meta)
+
+
+def export_lora(pipe, recipe: Recipe, out: str | Path, *, title: str, base_model: str | None, base_unet,
+                body: str = "", grid_prompts: list[str] | None = None, config: dict | None = None) -> Path:
+    """``pytorch_lora_weights.safetensors`` + recipe + base fingerprint + model card (+ sample grid).
+
+    ``pipe`` is the base pipeline whose UNet carries the trained adapter; ``base_unet`` the same UNet
+    (its base weights are fingerprinted with the adapter layers' base weights).
+    """
+    def write(tmp: Path):
+        save_lora(pipe, tmp)
+        (tmp / "fewstep_recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+        (tmp / "fewstep_base.json").write_text(json.dumps({"base_model": base_model,
+                                                           "fingerprint": base_fingerprint(base_unet)}))
+        if config is not None:
+            (tmp / "fewstep_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        text = body
+        if grid_prompts:
+            apply_recipe(pipe, recipe)
+            imgs = generate(pipe, grid_prompts, recipe.steps, recipe.guidance, seed=0)
+            save_grid(imgs, tmp / "samples.png")
+            text += "\n\n![samples](samples.png)\n\nPrompts (row-major): " + "; ".join(grid_prompts)
+        (tmp / "README.md").write_text(lora_card(title, base_model, recipe, text))
+
+    return _atomic_dir(Path(out), write)
+
+
+def lora_card(title: str, base_model: str | None, recipe: Recipe, body: str) -> str:
+    card = model_card(title, base_model, recipe, body, ["lora", "fewstep-export"])
+    return card.replace("pipe = diffusers.StableDiffusionPipeline.from_pretrained(PATH)\n",
+                        "pipe = diffusers.StableDiffusionPipeline.from_pretrained(BASE_MODEL)\n"
+                        "pipe.load_lora_weights(PATH)  # this folder\n")
+
+
+class LoraBaseError(ValueError):
+    """A LoRA export is being loaded onto a base model it was not trained on."""
+
+
+def check_lora_base(lora_dir: str | Path, unet) -> None:
+    """Raise LoraBaseError if ``unet`` is not the base the LoRA in ``lora_dir`` was trained on."""
+    meta = Path(lora_dir) / "fewstep_base.json"
+    if not meta.is_file():
+        return  # not a fewstep export: nothing to compare against
+    info = json.loads(meta.read_text())
+    got = base_fingerprint(unet)
+    if got != info["fingerprint"]:
+        raise LoraBaseError(f"the LoRA in {lora_dir} was trained on base {info.get('base_model')!r} "
+                            f"(fingerprint {info['fingerprint']}), not on this pipeline (fingerprint {got}); "
+                            "load it onto the base model named in its README")
+
+
+def export_run(method, models, cfg, out: str | Path, fuse: bool = False, grid_prompts: list[str] | None = None) -> Path:
+    """Export a trained run: LoRA weights for LoRA students (or, with ``fuse``, a full pipeline with
+    the LoRA fused in), a full pipeline otherwise. Always with recipe, config and model card."""
+    from distill.config import to_dict
+    from distill.modelset import unwrap
+
+    pipe, recipe = method.to_pipeline(models)
+    common = dict(title=f"fewstep {cfg.method.name} student ({cfg.name})", base_model=cfg.model.pretrained,
+                  config=to_dict(cfg), grid_prompts=grid_prompts,
+                  body=f"Distilled with fewstep method `{cfg.method.name}` "
+                       f"({cfg.student.kind} student, {cfg.train.steps} steps). "
+                       f"Trained step counts: {recipe.trained_steps or 'any'}.")
+    if cfg.student.kind != "lora":
+        return export_pipeline(pipe, recipe, out, **common)
+    if not fuse:
+        return export_lora(pipe, recipe, out, base_unet=unwrap(models["student"]).unet, **common)
+    import tempfile
+
+    from pipelines.teacher import load_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_lora(pipe, tmp)
+        fused = load_pipeline(cfg.model.pretrained)
+        fused.load_lora_weights(tmp)
+        fused.fuse_lora()
+        fused.unload_lora_weights()
+    return export_pipeline(fused, recipe, out, **common)

@@ -2,11 +2,13 @@
 from distill.methods.base import LossOutput, Method
 from distill.methods.denoise import DenoiseMethod
 from distill.methods.lcm import LCMMethod
+from distill.methods.tscd import TSCDMethod
 from distill.methods.vae import VaeMethod
 
 REGISTRY: dict[str, type[Method]] = {
     "denoise": DenoiseMethod,
     "lcm": LCMMethod,
+    "tscd": TSCDMethod,
     "vae": VaeMethod,
 }
 

@@ -19,10 +19,10 @@ from typing import Literal
 import torch
 
 from distill import schedules
-from distill.denoiser import Denoiser
 from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
 from distill.modelset import ModelSet, unwrap
-from distill.students import add_lora, base_weights, guidance_embedding, with_guidance_embedding
+from distill.methods.common import distance, encode_prompts, guided_teacher
+from distill.students import build_students, guidance_embedding
 
 
 @dataclass
@@ -40,15 +40,6 @@ class LCMConfig:
     sample_guidance: float = 8.0  # full students only (w = guidance - 1 is embedded); LoRA students use 1
 
 
-def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
-    """Mean of sqrt((a - b)^2 + c^2) - c (Song & Dhariwal 2023, Sec. 3.3)."""
-    return (torch.sqrt((a.float() - b.float()) ** 2 + c * c) - c).mean()
-
-
-def consistency_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, c: float) -> torch.Tensor:
-    return pseudo_huber(pred, target, c) if kind == "huber" else torch.mean((pred.float() - target.float()) ** 2)
-
-
 class LCMMethod(Method):
     Config = LCMConfig
     phases = ("student",)
@@ -58,29 +49,11 @@ class LCMMethod(Method):
         return self.student_config.kind == "lora"
 
     def build(self, pipe) -> ModelSet:
-        models = ModelSet(pipe)
-        pipe.vae.requires_grad_(False).eval()
-        pipe.text_encoder.requires_grad_(False).eval()
-        sched = pipe.scheduler.config
-        if self.lora:
-            models["student"] = Denoiser(add_lora(pipe.unet, self.student_config), sched).train()
-        else:
-            pipe.unet.requires_grad_(False).eval()
-            models["teacher"] = Denoiser(pipe.unet, sched)
-            student = with_guidance_embedding(pipe.unet, self.config.w_embedding_dim).train().requires_grad_(True)
-            models["student"] = Denoiser(student, sched)
-            models.add_ema("target", "student", self.config.target_ema)
-        return models
+        return build_students(pipe, self.student_config, target_ema=self.config.target_ema,
+                              w_embedding_dim=self.config.w_embedding_dim)
 
     def trainable(self, models: ModelSet, phase: str) -> list[str]:
         return ["student"]
-
-    def _teacher(self, models: ModelSet, x, t, cond, uncond, w):
-        """Teacher x0 / eps with CFG in LCM form: cond + w (cond - uncond) = standard scale 1 + w."""
-        if self.lora:
-            with base_weights(models["student"]):
-                return unwrap(models["student"])(x, t, cond, uncond=uncond, guidance=1 + w)
-        return models["teacher"](x, t, cond, uncond=uncond, guidance=1 + w)
 
     def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
         cfg = self.config
@@ -88,9 +61,7 @@ class LCMMethod(Method):
         den = unwrap(student)
         latents = models.encode_images(batch["pixels"])
         b, dev = latents.shape[0], latents.device
-        with torch.no_grad():
-            cond = models.encode_text(batch["captions"])
-            uncond = models.encode_text([""] * b)
+        cond, uncond = encode_prompts(models, batch["captions"])
         T = den.alphas_cumprod.shape[0]
         k = T // cfg.num_ddim_timesteps
         grid = schedules.ddim_skip_grid(cfg.num_ddim_timesteps, T).to(dev)
@@ -109,19 +80,20 @@ class LCMMethod(Method):
 
         online = f(student(z_t, t, cond, timestep_cond=w_emb).x0, z_t, t)
         with torch.no_grad():
-            teacher = self._teacher(models, z_t, t, cond, uncond, w)
+            teacher = guided_teacher(models, self.lora, z_t, t, cond, uncond, w)
             a_s, s_s = schedules.alpha_sigma(den.alphas_cumprod, s)
             z_s = schedules.ddim_step(teacher.x0, teacher.eps, a_s, s_s)
             target_net = den if self.lora else models["target"]
             target = f(target_net(z_s, s, cond, timestep_cond=w_emb).x0, z_s, s)
-        loss = consistency_loss(online, target, cfg.loss, cfg.huber_c)
+        loss = distance(online, target, cfg.loss, cfg.huber_c)
         return LossOutput(loss, {"t_mean": t.float().mean().item()})
 
     def recipe(self, steps: int | None = None) -> Recipe:
         kwargs = {"original_inference_steps": self.config.num_ddim_timesteps,
                   "timestep_scaling": self.config.timestep_scaling}
         return Recipe("LCMScheduler", kwargs, steps or self.config.sample_steps,
-                      1.0 if self.lora else self.config.sample_guidance)
+                      1.0 if self.lora else self.config.sample_guidance,
+                      trained_steps=list(range(1, self.config.num_ddim_timesteps + 1)))
 
     def to_pipeline(self, models: ModelSet):
         net = models["student"] if self.lora else models["target"]  # full students export the EMA target

@@ -1,0 +1,139 @@
+"""Multistep / trajectory-segmented consistency distillation (Hyper-SD TSCD, phased consistency, MLCM).
+
+The PF-ODE trajectory is split into K segments at ``schedules.segment_edges(K)``. Within its
+segment, the student maps a point z_t straight to the segment's lower edge e by a DDIM jump from
+its own (x0, eps) prediction (phased consistency models, Wang et al. 2024, Eq. 6). The target is
+the teacher's one DDIM skip step t -> s followed by the target network's jump s -> e; when s is
+already the edge, the target is the teacher's point itself (the boundary condition):
+
+    pred   = DDIM_{t->e}(theta(z_t, t))
+    target = z_s                        if s == e
+             DDIM_{s->e}(target(z_s, s)) otherwise,   z_s = DDIM_{t->s}(teacher_cfg(z_t, t))
+
+Hyper-SD (Ren et al. 2024, Sec. 3.1) trains progressively with fewer segments (8 -> 4 -> 2 -> 1),
+each stage continuing the same LoRA; K-step TCD / DDIM sampling at the edges then reproduces the
+student's jumps exactly, so one unified LoRA serves 8, 4, 2 and 1 steps. MLCM (Xie et al. 2024)
+trains on states of the teacher's own trajectories instead of noised data: ``start: teacher``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from distill import schedules
+from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
+from distill.methods.common import distance, encode_prompts, guided_teacher
+from distill.modelset import ModelSet, unwrap
+from distill.students import build_students
+
+
+@dataclass
+class Stage:
+    segments: int  # K: the trajectory is split into K segments (K-step sampling)
+    steps: int  # optimizer steps spent in this stage
+
+
+@dataclass
+class TSCDConfig:
+    stages: list[Stage] = field(default_factory=lambda: [Stage(8, 500), Stage(4, 500), Stage(2, 500), Stage(1, 500)])
+    num_ddim_timesteps: int = 50  # N of the teacher's DDIM skip grid
+    w_min: float = 2.0  # teacher CFG in LCM form, w ~ U[w_min, w_max] (standard scale 1 + w)
+    w_max: float = 2.0
+    loss: Literal["huber", "l2"] = "huber"
+    huber_c: float = 0.001
+    target_ema: float = 0.0  # full students: EMA target decay (0: online student under no_grad)
+    start: Literal["data", "teacher"] = "data"  # z_t from noised data, or from the teacher's trajectory (MLCM)
+    sample_steps: int = 4  # default steps of the exported recipe
+
+
+class TSCDMethod(Method):
+    Config = TSCDConfig
+    phases = ("student",)
+
+    def __init__(self, config, student=None):
+        super().__init__(config, student)
+        for st in config.stages:
+            schedules.segment_edges(st.segments, config.num_ddim_timesteps)  # validates K <= N early
+
+    @property
+    def lora(self) -> bool:
+        return self.student_config.kind == "lora"
+
+    def build(self, pipe) -> ModelSet:
+        return build_students(pipe, self.student_config, target_ema=self.config.target_ema)
+
+    def trainable(self, models: ModelSet, phase: str) -> list[str]:
+        return ["student"]
+
+    def stage_at(self, step: int) -> Stage:
+        """The stage a global step belongs to; past the last stage, the last one."""
+        end = 0
+        for st in self.config.stages:
+            end += st.steps
+            if step < end:
+                return st
+        return self.config.stages[-1]
+
+    @torch.no_grad()
+    def _teacher_state(self, models, latents, t, cond, uncond, w):
+        """z_t on the teacher's own trajectory: the guided DDIM solver from pure noise at the top of
+        the skip grid down to each sample's t (MLCM's training points)."""
+        den = unwrap(models["student"])
+        T, n = den.alphas_cumprod.shape[0], self.config.num_ddim_timesteps
+        grid = schedules.ddim_skip_grid(n, T).flip(0).to(latents.device)
+        z = torch.randn_like(latents)
+        for cur, nxt in zip(grid[:-1], grid[1:]):
+            active = t < cur
+            if not active.any():
+                break
+            tt = cur.expand(len(z))
+            pred = guided_teacher(models, self.lora, z, tt, cond, uncond, w)
+            a, s = schedules.alpha_sigma(den.alphas_cumprod, nxt.expand(len(z)))
+            z = torch.where(schedules.append_dims(active, z.ndim), schedules.ddim_step(pred.x0, pred.eps, a, s), z)
+        return z
+
+    def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
+        cfg = self.config
+        stage = self.stage_at(step)
+        student = models["student"]
+        den = unwrap(student)
+        latents = models.encode_images(batch["pixels"])
+        b, dev = latents.shape[0], latents.device
+        cond, uncond = encode_prompts(models, batch["captions"])
+        T = den.alphas_cumprod.shape[0]
+        k = T // cfg.num_ddim_timesteps
+        grid = schedules.ddim_skip_grid(cfg.num_ddim_timesteps, T).to(dev)
+        t = grid[torch.randint(0, cfg.num_ddim_timesteps, (b,), device=dev)]
+        s = schedules.previous_on_grid(t, k)
+        e = schedules.segment_end(t, schedules.segment_edges(stage.segments, cfg.num_ddim_timesteps, T))
+        w = torch.rand(b, device=dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
+        if cfg.start == "teacher":
+            z_t = self._teacher_state(models, latents, t, cond, uncond, w)
+        else:
+            a_t, s_t = den.alpha_sigma(t)
+            z_t = a_t * latents + s_t * torch.randn_like(latents)
+        abar = den.alphas_cumprod
+
+        def jump(pred, to):  # DDIM jump of a prediction to timestep(s) ``to``
+            a, sg = schedules.alpha_sigma(abar, to)
+            return schedules.ddim_step(pred.x0, pred.eps, a, sg)
+
+        online = jump(student(z_t, t, cond), e)
+        with torch.no_grad():
+            z_s = jump(guided_teacher(models, self.lora, z_t, t, cond, uncond, w), s)
+            target_net = models["target"] if "target" in models else den
+            target = torch.where(schedules.append_dims(s == e, z_s.ndim), z_s, jump(target_net(z_s, s, cond), e))
+        loss = distance(online, target, cfg.loss, cfg.huber_c)
+        return LossOutput(loss, {"segments": float(stage.segments)})
+
+    def recipe(self, steps: int | None = None) -> Recipe:
+        """TCDScheduler (eta 0, the pipeline default) evaluates exactly the trained edges."""
+        trained = sorted({st.segments for st in self.config.stages})
+        return Recipe("TCDScheduler", {"original_inference_steps": self.config.num_ddim_timesteps},
+                      steps or self.config.sample_steps, 1.0, trained_steps=trained)
+
+    def to_pipeline(self, models: ModelSet):
+        net = models["target"] if "target" in models else models["student"]
+        return pipeline_with(models, unet=unwrap(net).unet), self.recipe()

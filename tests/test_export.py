@@ -1,0 +1,127 @@
+"""Exports load with plain diffusers (a subprocess that never imports fewstep) and reproduce
+fewstep's own sampler number for number, at 1, 2 and 4 steps."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from distill.config import parse_config
+from distill.loop import Trainer
+from distill.modelset import unwrap
+from distill.sampling import consistency_sample
+from distill.students import guidance_embedding
+from pipelines.export import export_run
+from pipelines.teacher import load_pipeline
+from pipelines.tiny import build_tiny_pipeline
+from tests.conftest import SMALL_ARCH, run_dict
+
+PROMPTS = ["a large red circle on the left, gray background", "a small blue cross on the right, white background"]
+
+PLAIN = textwrap.dedent("""
+    import json, sys, torch, diffusers
+    base, export, out, steps_list = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    recipe = json.load(open(export + "/fewstep_recipe.json"))
+    if recipe_is_lora := __import__("os").path.exists(export + "/pytorch_lora_weights.safetensors"):
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(base)
+        pipe.load_lora_weights(export)
+    else:
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(export)
+    pipe.scheduler = getattr(diffusers, recipe["scheduler"]).from_config(pipe.scheduler.config,
+                                                                      **recipe["scheduler_kwargs"])
+    pipe.set_progress_bar_config(disable=True)
+    prompts = json.loads(sys.argv[5])
+    res = {}
+    for steps in steps_list:
+        gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+        lat = pipe(prompts, num_inference_steps=steps, guidance_scale=recipe["guidance"], generator=gens,
+                   output_type="latent").images
+        res[steps] = lat
+    res["fewstep_loaded"] = any(m.startswith(("distill", "pipelines", "eval")) for m in sys.modules)
+    torch.save(res, out)
+""")
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    from distill.config import TinyArch
+
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    build_tiny_pipeline(TinyArch(**SMALL_ARCH), seed=3).save_pretrained(path)
+    return path
+
+
+def train(tmp_path, base_dir, method, kind, alpha=4, **method_cfg):
+    raw = run_dict(tmp_path, method=method, steps=4, checkpoint_every=0, lr=1e-2)
+    raw["model"] = {"pretrained": str(base_dir)}
+    raw["student"] = {"kind": kind, "lora_rank": 4, "lora_alpha": alpha}
+    raw["method"].update(method_cfg)
+    cfg = parse_config(raw)
+    trainer = Trainer(cfg, load_pipeline(str(base_dir)))
+    trainer.train()
+    return cfg, trainer
+
+
+def fewstep_latents(trainer, recipe, steps, guidance):
+    """fewstep's own sampler on the trained student, with the pipeline's initial noise and seeds."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    models = trainer.models
+    net = unwrap(models["target"] if "target" in models else models["student"]).eval()
+    cond = models.encode_text(PROMPTS)
+    gens = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
+    unet = net.unet
+    shape = (len(PROMPTS), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    latents = randn_tensor(shape, generator=gens, dtype=torch.float32)
+    rule = "lcm" if recipe.scheduler == "LCMScheduler" else "tcd"
+    from distill import schedules
+
+    timesteps = schedules.consistency_timesteps(steps, recipe.scheduler_kwargs["original_inference_steps"])
+    w_emb = None
+    if unet.config.time_cond_proj_dim:
+        w_emb = guidance_embedding(torch.full((len(PROMPTS),), guidance - 1.0), unet.config.time_cond_proj_dim)
+    return consistency_sample(net, cond, timesteps, latents, rule=rule, generator=gens, timestep_cond=w_emb)
+
+
+@pytest.mark.parametrize("method,kind,extra", [
+    ("lcm", "lora", {}),
+    ("lcm", "full", {"target_ema": 0.5}),
+    ("tscd", "lora", {"alpha": 8, "stages": [{"segments": 4, "steps": 2}, {"segments": 2, "steps": 1},
+                                 {"segments": 1, "steps": 1}]}),
+])
+def test_export_matches_fewstep_sampler_in_plain_diffusers(tmp_path, base_dir, method, kind, extra):
+    cfg, trainer = train(tmp_path, base_dir, method, kind, **extra)
+    out = export_run(trainer.method, trainer.models, cfg, tmp_path / "export")
+    files = {p.name for p in out.iterdir()}
+    assert {"README.md", "fewstep_recipe.json", "fewstep_config.yaml"} <= files
+    assert ("pytorch_lora_weights.safetensors" in files) == (kind == "lora")
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: diffusers" in card and "base_model:" in card
+    recipe = trainer.method.recipe()
+    steps_list = [1, 2, 4]
+    script = tmp_path / "plain.py"
+    script.write_text(PLAIN)
+    res_file = tmp_path / "plain.pt"
+    proc = subprocess.run([sys.executable, str(script), str(base_dir), str(out), str(res_file), json.dumps(steps_list),
+                           json.dumps(PROMPTS)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                               "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain = torch.load(res_file)
+    assert plain["fewstep_loaded"] is False
+    for steps in steps_list:
+        ours = fewstep_latents(trainer, recipe, steps, recipe.guidance)
+        diff = (ours - plain[steps]).abs().max().item()
+        assert diff <= 1e-4, (method, kind, steps, diff)
+    # The student really differs from its base: the comparison above is not trivially true.
+    base = load_pipeline(str(base_dir))
+    base.scheduler = type(base.scheduler).from_config(base.scheduler.config)
+    base_unet_out = base.unet(plain[1], torch.tensor([999]), encoder_hidden_states=trainer.models.encode_text(PROMPTS)).sample
+    net = unwrap(trainer.models["target"] if "target" in trainer.models else trainer.models["student"]).eval()
+    student_out = net.unet(plain[1], torch.tensor([999]), encoder_hidden_states=trainer.models.encode_text(PROMPTS),
+                           timestep_cond=None if not net.unet.config.time_cond_proj_dim else
+                           guidance_embedding(torch.full((2,), recipe.guidance - 1.0),
+                                              net.unet.config.time_cond_proj_dim)).sample
+    assert (base_unet_out - student_out).abs().max().item() > 1e-2
