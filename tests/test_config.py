@@ -57,3 +57,12 @@ def test_missing_file_and_bad_override(tmp_path):
     path.write_text("name: x\n")
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(path, ["train.lr"])
+
+
+RUN_CONFIGS = sorted(p for p in __import__("pathlib").Path(__file__).resolve().parents[1].glob("configs/*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_run_configs_parse(path):
+    cfg = load_config(path)
+    assert cfg.name and cfg.train.steps > 0

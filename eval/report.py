@@ -1,0 +1,291 @@
+"""Evaluation reports: metrics.json, a markdown table, plots and sample grids (all written atomically).
+
+A *row* is one (model, step count, guidance) evaluation, a flat-ish dict such as::
+
+    {"model": "lcm-lora", "family": "lcm-lora", "steps": 4, "guidance": 1.0, "fid": 12.3,
+     "kid_mean": 0.004, "clip_score": 0.29, "attribute_accuracy": {"color": 0.9, ..., "all": 0.7},
+     "sec_per_image": 0.05}
+
+``family`` (default: ``model``) groups rows into one line per family in the plots. Nested dicts
+are flattened to ``parent.child`` columns in the table; metrics.json keeps rows exactly as given.
+The *protocol* dict says how the numbers were measured (feature network, number of images,
+resolution, reference source, CLIP model and score convention, ...) and is printed above the
+table: FID numbers from different protocols are not comparable.
+
+Plots use matplotlib's object API on an Agg canvas (no pyplot, no global backend switch).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from eval.images import to_uint8_nchw
+
+# Table column order: these first (when present), then any other scalar column, in first-seen order.
+PREFERRED_COLUMNS = ("model", "family", "steps", "guidance", "fid", "kid_mean", "kid_std", "clip_score",
+                     "attribute_accuracy.all", "attribute_accuracy.mean", "sec_per_image", "speedup")
+HIGHER_IS_BETTER = {"clip_score": True, "attribute_accuracy.all": True, "attribute_accuracy.mean": True,
+                    "fid": False, "kid_mean": False}
+DISPLAY_NAMES = {"attribute_accuracy": "acc"}
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def flatten_row(row: Mapping, prefix: str = "") -> dict:
+    """Nested dicts -> ``parent.child`` keys; lists and other non-scalars are dropped."""
+    out = {}
+    for k, v in row.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_row(v, key + "."))
+        elif v is None or isinstance(v, (str, int, float, bool)):
+            out[key] = v
+    return out
+
+
+def table_columns(rows: Sequence[Mapping]) -> list[str]:
+    """Columns of the flattened rows: :data:`PREFERRED_COLUMNS` first, the rest in first-seen order."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        seen.update(dict.fromkeys(flatten_row(r)))
+    return [c for c in PREFERRED_COLUMNS if c in seen] + [c for c in seen if c not in PREFERRED_COLUMNS]
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, bool) or not isinstance(v, float):
+        return str(v).replace("|", "\\|")
+    return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+
+
+def _display(col: str) -> str:
+    head, _, rest = col.partition(".")
+    return f"{DISPLAY_NAMES.get(head, head)}.{rest}" if rest else DISPLAY_NAMES.get(col, col)
+
+
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> str:
+    """A GitHub-markdown table of the rows (flattened; missing values shown as ``-``)."""
+    cols = list(columns) if columns is not None else table_columns(rows)
+    flat = [flatten_row(r) for r in rows]
+    lines = ["| " + " | ".join(_display(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(_fmt(f.get(c)) for c in cols) + " |" for f in flat]
+    return "\n".join(lines) + "\n"
+
+
+def protocol_markdown(protocol: Mapping) -> str:
+    """The protocol as a markdown bullet list."""
+    return "".join(f"- **{k}**: {json.dumps(v) if isinstance(v, (dict, list)) else v}\n" for k, v in protocol.items())
+
+
+def write_metrics_json(path: str | os.PathLike, rows: Sequence[Mapping], protocol: Mapping) -> Path:
+    """``{"protocol": ..., "rows": [...]}`` as indented JSON (NaN written as null)."""
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, Mapping):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return atomic_write(path, json.dumps({"protocol": clean(dict(protocol)), "rows": clean(list(rows))}, indent=2) + "\n")
+
+
+def read_metrics_json(path: str | os.PathLike) -> tuple[list[dict], dict]:
+    """Inverse of :func:`write_metrics_json`: ``(rows, protocol)``."""
+    data = json.loads(Path(path).read_text())
+    return data["rows"], data["protocol"]
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+
+
+def _groups(rows: Sequence[Mapping]) -> dict[str, list[dict]]:
+    """Rows per family (one plot line each); a family run at several guidance scales splits by scale."""
+    fam: dict[str, list[dict]] = {}
+    for r in rows:
+        fam.setdefault(str(r.get("family") or r.get("model")), []).append(flatten_row(r))
+    out: dict[str, list[dict]] = {}
+    for name, rs in fam.items():
+        scales = {r.get("guidance") for r in rs}
+        for r in rs:
+            label = f"{name} (cfg {r.get('guidance')})" if len(scales) > 1 else name
+            out.setdefault(label, []).append(r)
+    return out
+
+
+def _metrics_present(rows: Sequence[Mapping], metrics: Sequence[str]) -> list[str]:
+    flat = [flatten_row(r) for r in rows]
+    return [m for m in metrics if any(isinstance(f.get(m), (int, float)) and not isinstance(f.get(m), bool) for f in flat)]
+
+
+def _save_figure(fig, path: str | os.PathLike) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    return atomic_write(path, buf.getvalue())
+
+
+def _axis_label(metric: str) -> str:
+    better = HIGHER_IS_BETTER.get(metric)
+    return _display(metric) + ("" if better is None else (" (higher is better)" if better else " (lower is better)"))
+
+
+def plot_quality_vs_steps(rows: Sequence[Mapping], path: str | os.PathLike,
+                          metrics: Sequence[str] = ("fid", "clip_score", "attribute_accuracy.all")) -> Path:
+    """One panel per metric, quality against sampling steps (log scale), one line per model family."""
+    from matplotlib.figure import Figure
+
+    present = _metrics_present(rows, metrics) or ["fid"]
+    fig = Figure(figsize=(4.4 * len(present), 3.4), layout="constrained")
+    for i, metric in enumerate(present):
+        ax = fig.add_subplot(1, len(present), i + 1)
+        for label, rs in _groups(rows).items():
+            pts = sorted((r["steps"], r[metric]) for r in rs if isinstance(r.get(metric), (int, float)) and "steps" in r)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ticks = sorted({r["steps"] for r in rows if isinstance(r.get("steps"), (int, float))})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel(_axis_label(metric))
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7)
+    return _save_figure(fig, path)
+
+
+def plot_quality_vs_latency(rows: Sequence[Mapping], path: str | os.PathLike,
+                            metrics: Sequence[str] = ("fid", "clip_score", "attribute_accuracy.all")) -> Path:
+    """One panel per metric, quality against seconds per image (log scale); points labelled by steps."""
+    from matplotlib.figure import Figure
+
+    present = _metrics_present(rows, metrics) or ["fid"]
+    fig = Figure(figsize=(4.4 * len(present), 3.4), layout="constrained")
+    for i, metric in enumerate(present):
+        ax = fig.add_subplot(1, len(present), i + 1)
+        for label, rs in _groups(rows).items():
+            pts = sorted((r["sec_per_image"], r[metric], r.get("steps")) for r in rs
+                         if isinstance(r.get(metric), (int, float)) and isinstance(r.get("sec_per_image"), (int, float)))
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            for x, y, steps in pts:
+                ax.annotate(str(steps), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds per image")
+        ax.set_ylabel(_axis_label(metric))
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7)
+    return _save_figure(fig, path)
+
+
+def write_report(out_dir: str | os.PathLike, rows: Sequence[Mapping], protocol: Mapping, title: str = "fewstep evaluation") -> dict:
+    """Write ``metrics.json``, ``report.md``, ``quality_vs_steps.png`` and ``quality_vs_latency.png``.
+
+    Args:
+        out_dir: e.g. ``runs/<name>/eval``.
+        rows: evaluation rows (module doc).
+        protocol: how the numbers were measured; stated above the table.
+        title: report heading.
+
+    Returns:
+        ``{"metrics_json", "report_md", "quality_vs_steps", "quality_vs_latency"}`` -> Path
+        (a plot is skipped when no row has the quantities it needs).
+    """
+    out = Path(out_dir)
+    paths = {"metrics_json": write_metrics_json(out / "metrics.json", rows, protocol)}
+    has_steps = any("steps" in r for r in rows)
+    has_latency = any(isinstance(r.get("sec_per_image"), (int, float)) for r in rows)
+    if has_steps:
+        paths["quality_vs_steps"] = plot_quality_vs_steps(rows, out / "quality_vs_steps.png")
+    if has_latency:
+        paths["quality_vs_latency"] = plot_quality_vs_latency(rows, out / "quality_vs_latency.png")
+    md = [f"# {title}\n", "## Protocol\n", protocol_markdown(protocol), "\n## Results\n", markdown_table(rows)]
+    md += [f"\n![{k}]({p.name})\n" for k, p in paths.items() if p.suffix == ".png"]
+    paths["report_md"] = atomic_write(out / "report.md", "\n".join(md))
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Sample grids
+
+
+def sample_grid(rows: Sequence[tuple[str, object]], *, top: str | None = None, scale: int | None = None,
+                pad: int = 2, background: tuple[int, int, int] = (255, 255, 255)):
+    """One row of samples per model / step count, with its label drawn on the left.
+
+    Args:
+        rows: ``(label, images)`` in display order; ``images`` is a batch tensor / array or a list of
+            images (see :func:`eval.images.to_uint8_nchw`). Use the same seeds in every row, so
+            columns compare like with like.
+        top: label of a row to move to the top (the teacher, as the reference).
+        scale: integer nearest-neighbour upscaling; default makes images at least 96 px tall.
+        pad: pixels between cells.
+        background: RGB of padding and empty cells.
+
+    Returns:
+        A PIL RGB image.
+    """
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = list(rows)
+    if not rows:
+        raise ValueError("sample_grid needs at least one row")
+    if top is not None:
+        rows.sort(key=lambda r: r[0] != top)  # stable: other rows keep their order
+    batches = []
+    for label, imgs in rows:
+        parts = [to_uint8_nchw(imgs)] if hasattr(imgs, "shape") else [to_uint8_nchw(x) for x in imgs]
+        batches.append((str(label), torch.cat(parts)))
+    h, w = batches[0][1].shape[-2:]
+    if any(b.shape[-2:] != (h, w) for _, b in batches):
+        raise ValueError("all samples in a grid must have one size")
+    s = scale or max(1, math.ceil(96 / h))
+    ch, cw = h * s, w * s
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(probe.textbbox((0, 0), label, font=font)[2] for label, _ in batches) + 4 * pad + 4
+    ncol = max(b.shape[0] for _, b in batches)
+    grid = Image.new("RGB", (label_w + ncol * (cw + pad) + pad, len(batches) * (ch + pad) + pad), background)
+    draw = ImageDraw.Draw(grid)
+    for i, (label, b) in enumerate(batches):
+        y = pad + i * (ch + pad)
+        box = draw.textbbox((0, 0), label, font=font)
+        draw.text((2 * pad, y + (ch - (box[3] - box[1])) // 2), label, fill=(0, 0, 0), font=font)
+        for j, im in enumerate(b):
+            tile = Image.fromarray(im.permute(1, 2, 0).numpy()).resize((cw, ch), Image.NEAREST)
+            grid.paste(tile, (label_w + j * (cw + pad), y))
+    return grid
+
+
+def save_sample_grid(rows: Sequence[tuple[str, object]], path: str | os.PathLike, **kwargs) -> Path:
+    """:func:`sample_grid` saved as a PNG, atomically."""
+    buf = io.BytesIO()
+    sample_grid(rows, **kwargs).save(buf, format="PNG")
+    return atomic_write(path, buf.getvalue())
