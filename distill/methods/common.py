@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from distill import schedules
 from distill.denoiser import Prediction
 from distill.modelset import ModelSet, unwrap
 from distill.students import base_weights
@@ -35,3 +36,17 @@ def guided_teacher(models: ModelSet, lora: bool, x, t, cond, uncond, w) -> Predi
 def encode_prompts(models: ModelSet, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(cond, uncond) text embeddings from the frozen text encoder."""
     return models.encode_text(captions), models.encode_text([""] * len(captions))
+
+
+def skip_grid_points(den, num_ddim_timesteps: int, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform training points t on the DDIM skip grid and their solver targets s = t - k (LCM Sec. 4.3)."""
+    T = den.alphas_cumprod.shape[0]
+    grid = schedules.ddim_skip_grid(num_ddim_timesteps, T).to(device)
+    t = grid[torch.randint(0, num_ddim_timesteps, (batch,), device=device)]
+    return t, schedules.previous_on_grid(t, T // num_ddim_timesteps)
+
+
+def noised(den, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """z_t = alpha_t x0 + sigma_t eps with fresh Gaussian noise (the forward process)."""
+    alpha, sigma = den.alpha_sigma(t)
+    return alpha * latents + sigma * torch.randn_like(latents)

@@ -21,7 +21,7 @@ import torch
 from distill import schedules
 from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
 from distill.modelset import ModelSet, unwrap
-from distill.methods.common import distance, encode_prompts, guided_teacher
+from distill.methods.common import distance, encode_prompts, guided_teacher, noised, skip_grid_points
 from distill.students import build_students, guidance_embedding
 
 
@@ -62,14 +62,8 @@ class LCMMethod(Method):
         latents = models.encode_images(batch["pixels"])
         b, dev = latents.shape[0], latents.device
         cond, uncond = encode_prompts(models, batch["captions"])
-        T = den.alphas_cumprod.shape[0]
-        k = T // cfg.num_ddim_timesteps
-        grid = schedules.ddim_skip_grid(cfg.num_ddim_timesteps, T).to(dev)
-        t = grid[torch.randint(0, cfg.num_ddim_timesteps, (b,), device=dev)]
-        s = schedules.previous_on_grid(t, k)
-        noise = torch.randn_like(latents)
-        a_t, s_t = den.alpha_sigma(t)
-        z_t = a_t * latents + s_t * noise
+        t, s = skip_grid_points(den, cfg.num_ddim_timesteps, b, dev)
+        z_t = noised(den, latents, t)
         w = torch.rand(b, device=dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
         w_emb = None if self.lora else guidance_embedding(w, cfg.w_embedding_dim).to(latents.dtype)
 

@@ -24,7 +24,7 @@ import torch
 
 from distill import schedules
 from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
-from distill.methods.common import distance, encode_prompts, guided_teacher
+from distill.methods.common import distance, encode_prompts, guided_teacher, noised, skip_grid_points
 from distill.modelset import ModelSet, unwrap
 from distill.students import build_students
 
@@ -102,18 +102,14 @@ class TSCDMethod(Method):
         latents = models.encode_images(batch["pixels"])
         b, dev = latents.shape[0], latents.device
         cond, uncond = encode_prompts(models, batch["captions"])
+        t, s = skip_grid_points(den, cfg.num_ddim_timesteps, b, dev)
         T = den.alphas_cumprod.shape[0]
-        k = T // cfg.num_ddim_timesteps
-        grid = schedules.ddim_skip_grid(cfg.num_ddim_timesteps, T).to(dev)
-        t = grid[torch.randint(0, cfg.num_ddim_timesteps, (b,), device=dev)]
-        s = schedules.previous_on_grid(t, k)
         e = schedules.segment_end(t, schedules.segment_edges(stage.segments, cfg.num_ddim_timesteps, T))
         w = torch.rand(b, device=dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
         if cfg.start == "teacher":
             z_t = self._teacher_state(models, latents, t, cond, uncond, w)
         else:
-            a_t, s_t = den.alpha_sigma(t)
-            z_t = a_t * latents + s_t * torch.randn_like(latents)
+            z_t = noised(den, latents, t)
         abar = den.alphas_cumprod
 
         def jump(pred, to):  # DDIM jump of a prediction to timestep(s) ``to``
