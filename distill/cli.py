@@ -15,7 +15,10 @@ EPILOG = """examples:
   fewstep train configs/tiny/teacher.yaml --set train.steps=200
   fewstep train configs/tiny/teacher.yaml --resume latest
   fewstep sample --pipeline tiny-sd --prompt "a large red circle on the left, gray background" --out red.png
+  fewstep eval --run runs/tiny-lcm-lora --num-images 500
+  fewstep eval --pipeline tiny-sd --lora runs/tiny-lcm-lora/export --steps 1,2,4 --teacher tiny-sd --teacher-steps 25,50
   fewstep build-classifier --out assets/classifier
+  fewstep build-tiny-clip --out assets/tiny-clip
 """
 
 
@@ -59,10 +62,51 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--fuse", action="store_true", help="fuse a LoRA into the base and write a full pipeline")
     e.add_argument("--out", help="output folder (default runs/<name>/export or export-fused)")
 
+    _eval_parser(sub)
+
     c = sub.add_parser("build-classifier", help="train the embedded attribute classifier")
     c.add_argument("--config", default="configs/classifier.yaml")
     c.add_argument("--out", default="assets/classifier")
+
+    k = sub.add_parser("build-tiny-clip", help="train the embedded tiny CLIP (CLIP score on the embedded domain)")
+    k.add_argument("--config", default="configs/tiny_clip.yaml")
+    k.add_argument("--out", default="assets/tiny-clip")
     return p
+
+
+def _eval_parser(sub) -> None:
+    v = sub.add_parser(
+        "eval", help="evaluate a student against its teacher: FID/KID, CLIP score, attribute accuracy, latency",
+        description="Sweep models x step counts on the same prompts and seeds (image i: generator seed i) and write "
+                    "metrics.json, report.md, plots and a sample grid. Without --run, give --pipeline (and --lora, "
+                    "--teacher); with --run, the run's export is the student, its model.pretrained the teacher, and "
+                    "its eval: section the defaults. Flags override either.")
+    v.add_argument("--run", metavar="RUN_DIR", help="evaluate runs/<name>/export (default out runs/<name>/eval)")
+    v.add_argument("--pipeline", help="student: diffusers pipeline folder, embedded name or hub id")
+    v.add_argument("--lora", help="student LoRA folder (pytorch_lora_weights.safetensors) on top of --pipeline")
+    v.add_argument("--steps", metavar="N,N,..", help="student step counts (default: those of 1,2,4,8 it was "
+                                                     "trained for)")
+    v.add_argument("--teacher", help="teacher pipeline, sampled with DDIMScheduler (no teacher rows without it)")
+    v.add_argument("--teacher-steps", metavar="N,N,..", help="teacher step counts (default 25,50); the largest is "
+                                                             "the speedup baseline")
+    v.add_argument("--num-images", type=int, help="images per row (default 1000)")
+    v.add_argument("--guidance", type=float, help="student guidance_scale (default: its recipe's)")
+    v.add_argument("--teacher-guidance", type=float, help="default: the teacher's recipe, else 7.5")
+    v.add_argument("--scheduler", help="student scheduler class (default: its recipe's)")
+    v.add_argument("--features", choices=["embedded", "inception"], help="FID/KID features (default embedded)")
+    v.add_argument("--inception-weights", metavar="FILE", help="weights-inception-2015-12-05-6726825d.pth")
+    v.add_argument("--clip", metavar="SPEC", help="CLIP model: embedded (default), ARCH:/weights, local-dir:PATH")
+    v.add_argument("--reference", metavar="procedural|DIR", help="FID reference (default: procedural scenes, seed "
+                                                                 "12345)")
+    v.add_argument("--reference-images", type=int, help="reference size (default max(num-images, 1000) scenes, "
+                                                        "or every image of DIR)")
+    v.add_argument("--prompts", metavar="FILE", help="one prompt per line (default: captions of held-out "
+                                                     "procedural scenes, seed 777)")
+    v.add_argument("--batch-size", type=int, help="images per pipeline call (default 64)")
+    v.add_argument("--latency-batch", type=int, default=8, help="images per timed call (default 8)")
+    v.add_argument("--cache-dir", help="reference statistics cache (default $FEWSTEP_CACHE/reference-stats)")
+    v.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
+    v.add_argument("--out", help="report folder (default runs/<name>/eval)")
 
 
 def _load_pipeline_for(cfg):
@@ -105,6 +149,15 @@ def cmd_train(args) -> int:
         out = export_run(trainer.method, models, cfg, cfg.run_dir / "export",
                          grid_prompts=trainer.val_batch["captions"])
         print(f"fewstep: exported to {out}", file=sys.stderr)
+    if cfg.eval.enabled and trainer.acc.is_main_process:
+        if args.no_export:
+            print("fewstep: eval.enabled but --no-export: nothing to evaluate", file=sys.stderr)
+            return 0
+        from pipelines.evaluate import evaluate_run
+
+        del trainer, models, pipe  # the sweep loads the export afresh
+        paths = evaluate_run(cfg.run_dir, device=_device("auto"))
+        print(f"fewstep: evaluation report {paths['report_md']}", file=sys.stderr)
     return 0
 
 
@@ -167,6 +220,63 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _int_list(flag: str, text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text}: expected comma-separated integers, e.g. 1,2,4,8") from None
+
+
+def _device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def cmd_eval(args) -> int:
+    import dataclasses
+
+    from distill.config import EvalConfig
+    from pipelines import evaluate as ev
+
+    flags = {"steps": _int_list("--steps", args.steps),
+             "teacher_steps": _int_list("--teacher-steps", args.teacher_steps), "num_images": args.num_images,
+             "guidance": args.guidance, "teacher_guidance": args.teacher_guidance,
+             "features": args.features, "inception_weights": args.inception_weights, "clip": args.clip,
+             "reference": args.reference, "batch_size": args.batch_size}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if args.run:
+        if args.pipeline or args.lora:
+            raise UserError("--run evaluates the run's export: leave out --pipeline / --lora")
+        src = ev.run_entries(args.run)
+        config = dataclasses.replace(src.config, **flags)
+        src = ev.run_entries(args.run, config, teacher=args.teacher, scheduler=args.scheduler)
+        entries, out = src.entries, Path(args.out) if args.out else src.out
+    elif args.pipeline:
+        config = dataclasses.replace(EvalConfig(), **flags)
+        if args.teacher is None and "teacher_steps" in flags:
+            raise UserError("--teacher-steps without --teacher")
+        entries = ev.build_entries(args.pipeline, config, lora=args.lora, teacher=args.teacher,
+                                   scheduler=args.scheduler)
+        out = Path(args.out) if args.out else Path("runs") / f"eval-{entries[-1].name}"
+    else:
+        raise UserError("give --pipeline DIR (with --lora, --teacher as needed) or --run RUN_DIR")
+    prompts = None
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise UserError(f"--prompts {path}: file not found")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    spec = ev.spec_from_config(config, prompts=prompts, reference_images=args.reference_images,
+                               latency_batch=args.latency_batch, cache_dir=args.cache_dir, device=_device(args.device))
+    paths = ev.run_sweep(entries, spec, out)
+    print(f"fewstep: wrote {paths['report_md']} ({', '.join(p.name for k, p in paths.items() if k != 'report_md')})",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_build_classifier(args) -> int:
     import torch
     import yaml
@@ -191,19 +301,48 @@ def cmd_build_classifier(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "build-classifier": cmd_build_classifier}
+def cmd_build_tiny_clip(args) -> int:
+    import torch
+    import yaml
+
+    from distill.data.procedural import ProceduralDataset, all_captions
+    from eval.tiny_clip import distinct_caption_gallery, train_from_config
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    cfg = yaml.safe_load(path.read_text())
+
+    def batches(seed: int, bs: int):
+        ds, start = ProceduralDataset(seed), 0
+        while True:
+            items = [ds[i] for i in range(start, start + bs)]
+            start += bs
+            yield torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
+
+    val = distinct_caption_gallery(ProceduralDataset(cfg["val_seed"]), len(all_captions()))
+    record = train_from_config(cfg, batches, args.out, val_data=val)
+    print(f"fewstep: wrote {args.out}; held-out retrieval {json.dumps(record['val_retrieval'])}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "eval": cmd_eval,
+            "build-classifier": cmd_build_classifier, "build-tiny-clip": cmd_build_tiny_clip}
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = _parser().parse_args(argv)
     from distill.config import ConfigError
+    from eval.clip import ClipError
+    from eval.features import MetricsError  # MissingWeightsError is one
+    from pipelines.eval_entries import EvalError
     from pipelines.export import LoraBaseError
     from pipelines.teacher import TeacherError
 
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ConfigError, TeacherError, LoraBaseError) as e:
+    except (UserError, ConfigError, TeacherError, LoraBaseError, EvalError, MetricsError, ClipError) as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
         return 2
 

@@ -94,6 +94,23 @@ class ValidationConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The evaluation sweep ``fewstep train`` runs after export (``fewstep eval --run`` reads it too)."""
+
+    enabled: bool = False  # evaluate runs/<name>/export into runs/<name>/eval after training
+    steps: list[int] = field(default_factory=list)  # student steps; empty: those of 1, 2, 4, 8 it was trained for
+    teacher_steps: list[int] = field(default_factory=lambda: [25, 50])  # DDIM steps of the teacher; max: speedup base
+    num_images: int = 1000  # per (model, steps) row; FID falls as the count grows, so compare equal counts only
+    guidance: float | None = None  # student guidance_scale; None: the export's recipe
+    teacher_guidance: float | None = None  # None: the teacher's fewstep_recipe.json, else diffusers' 7.5
+    features: Literal["embedded", "inception"] = "embedded"  # FID/KID feature network
+    inception_weights: str | None = None  # weights-inception-2015-12-05-6726825d.pth (else torch hub's cache)
+    clip: str = "embedded"  # CLIP-score model spec (eval.clip.parse_clip_spec): embedded tiny CLIP or a local one
+    reference: str = "procedural"  # FID reference: held-out procedural scenes (seed 12345) or an image folder
+    batch_size: int = 64  # images per pipeline call while generating
+
+
+@dataclass
 class MethodSpec:
     name: str  # registry key
     config: Any  # the method's own typed config dataclass
@@ -109,6 +126,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -23,21 +23,11 @@ batches of ``(uint8 images [N, 3, 32, 32], captions)`` arrive from the caller. T
 was built from ``configs/tiny_clip.yaml`` with this command, run from the repository root (the
 recorded time and accuracy are in ``assets/tiny-clip/open_clip_config.json``)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python - <<'EOF'
-    import torch, yaml
-    from distill.data.procedural import ProceduralDataset, all_captions
-    from eval.tiny_clip import distinct_caption_gallery, train_from_config
-    torch.set_num_threads(1)
-    cfg = yaml.safe_load(open("configs/tiny_clip.yaml"))
-    def batches(seed, bs):
-        ds, start = ProceduralDataset(seed), 0
-        while True:
-            items = [ds[i] for i in range(start, start + bs)]
-            start += bs
-            yield torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
-    val = distinct_caption_gallery(ProceduralDataset(cfg["val_seed"]), len(all_captions()))
-    print(train_from_config(cfg, batches, "assets/tiny-clip", val_data=val))
-    EOF
+    OMP_NUM_THREADS=1 fewstep build-tiny-clip --config configs/tiny_clip.yaml --out assets/tiny-clip
+
+which renders fresh batches with ``distill.data.procedural.ProceduralDataset`` (split
+``train_seed``), scores a gallery of the 576 distinct captions from split ``val_seed`` with
+:func:`distinct_caption_gallery`, and calls :func:`train_from_config`.
 """
 from __future__ import annotations
 

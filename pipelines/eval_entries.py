@@ -1,0 +1,147 @@
+"""What an evaluation sweep compares: model entries (pipeline, optional LoRA, stock-scheduler recipe, steps).
+
+A student's recipe comes from the ``fewstep_recipe.json`` of its LoRA folder, else of its pipeline
+folder (what ``pipelines.export`` writes), else the pipeline's own scheduler; the teacher always
+samples with DDIMScheduler. Nothing here loads a model: :mod:`pipelines.evaluate` does, after
+checking every entry.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from distill.config import EvalConfig
+from distill.sampling import Recipe
+from pipelines.teacher import resolve
+
+DEFAULT_GUIDANCE = 7.5  # StableDiffusionPipeline's own default, for pipelines without a fewstep recipe
+STUDENT_STEPS = (1, 2, 4, 8)  # default student step counts (those the student was trained for)
+TEACHER_METHODS = ("denoise", "vae")  # runs that train a teacher: their export is evaluated as the teacher
+
+
+class EvalError(ValueError):
+    """A sweep cannot run as asked (untrained step count, missing folder, ...); the message says why."""
+
+
+@dataclass
+class ModelEntry:
+    """One model of a sweep, evaluated at each of ``steps``."""
+
+    name: str  # row label; the grid shows "name @ steps"
+    family: str  # one line per family in the plots
+    pipeline: str  # diffusers pipeline folder, embedded name (tiny-sd) or hub id
+    recipe: Recipe  # stock scheduler and kwargs ("" until loaded: the pipeline's own); guidance used
+    steps: list[int]
+    lora: str | None = None  # folder with pytorch_lora_weights.safetensors, loaded on top of ``pipeline``
+    teacher: bool = False  # speedup is measured against the first teacher's largest step count
+
+
+def read_recipe(folder: str | None) -> Recipe | None:
+    """The ``fewstep_recipe.json`` of a pipeline / LoRA folder (or embedded name), if it has one."""
+    path = Path(resolve(folder)) / "fewstep_recipe.json" if folder else None
+    return Recipe(**json.loads(path.read_text())) if path is not None and path.is_file() else None
+
+
+def _label(folder: str) -> str:
+    """A row name for a folder: runs/<name>/export(-fused) -> <name>(-fused); a hub id -> its last part."""
+    p = Path(folder)
+    return p.resolve().parent.name + p.name[len("export"):] if p.name.startswith("export") and p.exists() else p.name
+
+
+def _family(folder: str) -> str | None:
+    """``<method>-<student kind>`` from the fewstep_config.yaml that exports carry."""
+    import yaml
+
+    path = Path(resolve(folder)) / "fewstep_config.yaml"
+    if not path.is_file():
+        return None
+    cfg = yaml.safe_load(path.read_text()) or {}
+    method = (cfg.get("method") or {}).get("name")
+    if method in TEACHER_METHODS:
+        return method
+    return f"{method}-{(cfg.get('student') or {}).get('kind', 'full')}" if method else None
+
+
+def default_steps(recipe: Recipe) -> list[int]:
+    """Those of 1, 2, 4, 8 steps the student was trained for (else its recipe's own count)."""
+    return [s for s in STUDENT_STEPS if recipe.trained_steps is None or s in recipe.trained_steps] or [recipe.steps]
+
+
+def teacher_entry(pipeline: str, steps: list[int], guidance: float | None = None, name: str = "teacher",
+                  family: str = "teacher (DDIM)") -> ModelEntry:
+    """The teacher with DDIMScheduler (its recipe's DDIM settings if it has them) at each of ``steps``.
+
+    Guidance: ``guidance``, else the teacher's fewstep recipe, else diffusers' default 7.5.
+    """
+    own = read_recipe(pipeline)
+    kwargs = dict(own.scheduler_kwargs) if own is not None and own.scheduler == "DDIMScheduler" else {}
+    if guidance is None:
+        guidance = own.guidance if own is not None else DEFAULT_GUIDANCE
+    steps = sorted(set(steps))
+    return ModelEntry(name, family, pipeline, Recipe("DDIMScheduler", kwargs, steps[-1] if steps else 25, guidance),
+                      steps, teacher=True)
+
+
+def student_entry(pipeline: str, *, lora: str | None = None, steps: list[int] = (), guidance: float | None = None,
+                  scheduler: str | None = None, name: str | None = None, family: str | None = None) -> ModelEntry:
+    """A student: the recipe of its LoRA folder, else of its pipeline folder, else the pipeline's scheduler."""
+    recipe = (read_recipe(lora) if lora else None) or read_recipe(pipeline)
+    if recipe is None:  # not a fewstep export: the pipeline's own scheduler, known once loaded
+        recipe = Recipe("", {}, 25, DEFAULT_GUIDANCE)
+    if scheduler and scheduler != recipe.scheduler:  # the recipe's kwargs belong to its own scheduler class
+        recipe = replace(recipe, scheduler=scheduler, scheduler_kwargs={})
+    if guidance is not None:
+        recipe.guidance = guidance
+    folder = lora or pipeline
+    name = name or _label(folder)
+    return ModelEntry(name, family or _family(folder) or name, pipeline, recipe,
+                      sorted(set(steps)) or default_steps(recipe), lora)
+
+
+def build_entries(pipeline: str, config: EvalConfig, *, lora: str | None = None, teacher: str | None = None,
+                  scheduler: str | None = None, name: str | None = None, family: str | None = None) -> list[ModelEntry]:
+    """The teacher (if given) at ``config.teacher_steps`` and the student at ``config.steps``."""
+    entries = [teacher_entry(teacher, config.teacher_steps, config.teacher_guidance)] if teacher else []
+    return entries + [student_entry(pipeline, lora=lora, steps=config.steps, guidance=config.guidance,
+                                    scheduler=scheduler, name=name, family=family)]
+
+
+@dataclass
+class RunEntries:
+    """What a training run evaluates, with which settings, and where the report goes."""
+
+    entries: list[ModelEntry]
+    config: EvalConfig  # the run's ``eval:`` section unless the caller passed one
+    out: Path  # runs/<name>/eval
+
+
+def run_entries(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, teacher: str | None = None,
+                scheduler: str | None = None) -> RunEntries:
+    """Entries for ``runs/<name>``: its export (a pipeline, or a LoRA on ``model.pretrained``) against
+    the teacher ``model.pretrained``. A run that trains a teacher (``denoise``) is evaluated alone, as
+    a teacher, at ``steps + teacher_steps``.
+    """
+    from distill.config import load_config
+
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise EvalError(f"{run} is not a fewstep run directory (config.yaml missing)")
+    cfg = load_config(run / "config.yaml")
+    config = config or cfg.eval
+    export = run / "export"
+    if not (export / "fewstep_recipe.json").is_file():
+        raise EvalError(f"{run} has no finished export ({export / 'fewstep_recipe.json'} missing); "
+                        f"write one with: fewstep export {run}")
+    if cfg.method.name in TEACHER_METHODS:
+        steps = list(config.steps) + list(config.teacher_steps)
+        entry = teacher_entry(str(export), steps, config.teacher_guidance, cfg.name, cfg.method.name)
+        return RunEntries([entry], config, run / "eval")
+    lora = (export / "pytorch_lora_weights.safetensors").is_file()
+    if lora and not cfg.model.pretrained:
+        raise EvalError(f"{export} holds a LoRA but {run / 'config.yaml'} names no model.pretrained base")
+    entries = build_entries(cfg.model.pretrained if lora else str(export), config, lora=str(export) if lora else None,
+                            teacher=teacher or cfg.model.pretrained, scheduler=scheduler, name=cfg.name,
+                            family=f"{cfg.method.name}-{cfg.student.kind}")
+    return RunEntries(entries, config, run / "eval")
