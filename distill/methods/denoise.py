@@ -7,6 +7,7 @@ that classifier-free guidance works (Ho & Salimans 2022, Sec. 3.2).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,27 @@ class DenoiseConfig:
     caption_dropout: float = 0.1  # fraction of captions replaced by "" (unconditional training)
     train_text_encoder: bool = True  # a fresh teacher learns its text encoder jointly
     ema_decay: float = 0.0  # > 0: keep and export an EMA of the trained weights
+    weighting: Literal["native", "snr", "snr+1"] = "native"  # loss weight per timestep, see snr_weight
     sample_steps: int = 25  # recipe of the exported teacher
     sample_guidance: float = 3.0
+
+
+def snr_weight(weighting: str, prediction_type: str, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Multiplier on the squared error of the network's own output that gives the loss
+    ``w(t) ||x0_hat - x0||^2`` with w = SNR ("snr", the eps loss) or SNR + 1 ("snr+1", the v loss;
+    Salimans & Ho 2022, Sec. 4). An eps network's error is ||eps_hat - eps||^2 = SNR ||x0_hat - x0||^2
+    and a v network's (SNR + 1) ||x0_hat - x0||^2, so the multiplier is the ratio.
+
+    Why: with SD1.5's schedule the eps loss gives the high-noise steps, where sampling decides the
+    layout, almost no weight on x0 (SNR(999) = 0.005); a tiny eps teacher trained that way learned
+    colours and shapes but placed objects at random (position accuracy 0.37, chance 0.33), while the
+    same data with v's weighting does follow "left / center / right".
+    """
+    if weighting == "native":
+        return torch.ones_like(alpha)
+    snr = (alpha / sigma) ** 2
+    native = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction_type]
+    return (snr if weighting == "snr" else snr + 1) / native
 
 
 class DenoiseMethod(Method):
@@ -60,7 +80,8 @@ class DenoiseMethod(Method):
         x_t = alpha * latents + sigma * noise
         pred = student(x_t, t, cond)
         target = schedules.output_from_x0_eps(latents, noise, alpha, sigma, den.prediction_type)
-        loss = F.mse_loss(pred.output.float(), target.float())
+        weight = snr_weight(self.config.weighting, den.prediction_type, alpha, sigma)
+        loss = (weight * (pred.output.float() - target.float()) ** 2).mean()
         return LossOutput(loss, {"x0_mse": F.mse_loss(pred.x0.float(), latents).item()})
 
     def to_pipeline(self, models: ModelSet):
