@@ -60,6 +60,22 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def use_xformers_if_available(models: ModelSet, device: torch.device) -> bool:
+    """xformers attention for every UNet of the run, only on CUDA and only if it is installed (an
+    optional extra: torch 2's SDPA is the default and needs nothing)."""
+    if device.type != "cuda":
+        return False
+    try:
+        import xformers  # noqa: F401
+    except ImportError:
+        return False
+    for m in models.modules.values():
+        unet = getattr(m, "unet", None)
+        if unet is not None:
+            unet.enable_xformers_memory_efficient_attention()
+    return True
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, pipe, accelerator: Accelerator | None = None):
         self.cfg, tc = cfg, cfg.train
@@ -68,6 +84,7 @@ class Trainer:
         set_seed(tc.seed, device_specific=True)
         self.method: Method = REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
         self.models: ModelSet = self.method.build(pipe).to(self.acc.device)
+        use_xformers_if_available(self.models, self.acc.device)
         names = sorted({n for ph in self.method.phases for n in self.method.trainable(self.models, ph)})
         self.opts, self.scheds = {}, {}
         for ph in self.method.phases:
