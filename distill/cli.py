@@ -277,51 +277,48 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_build_classifier(args) -> int:
-    import torch
+def _yaml_file(path: str) -> dict:
     import yaml
 
-    from distill.data.procedural import ATTRIBUTES, ProceduralDataset
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    return yaml.safe_load(p.read_text())
+
+
+def _procedural_slice(seed: int, start: int, n: int, key: str):
+    """uint8 images [n, 3, 32, 32] and the items' ``key`` (labels stacked, captions as a list)."""
+    import torch
+
+    from distill.data.procedural import ProceduralDataset
+
+    items = [ProceduralDataset(seed)[i] for i in range(start, start + n)]
+    values = [it[key] for it in items]
+    return torch.stack([it["image"] for it in items]), (torch.stack(values) if key == "labels" else values)
+
+
+def cmd_build_classifier(args) -> int:
+    from distill.data.procedural import ATTRIBUTES
     from eval.classifier import rendered_batches, train_from_config
 
-    path = Path(args.config)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    cfg = yaml.safe_load(path.read_text())
-
-    def render_batch(seed: int, start: int, n: int):
-        ds = ProceduralDataset(seed)
-        items = [ds[i] for i in range(start, start + n)]
-        return torch.stack([it["image"] for it in items]), torch.stack([it["labels"] for it in items])
-
-    val = render_batch(cfg["val_seed"], 0, cfg["val_size"])
-    _, acc = train_from_config(cfg, ATTRIBUTES, lambda seed, bs: rendered_batches(render_batch, seed, bs),
+    cfg = _yaml_file(args.config)
+    render = (lambda seed, start, n: _procedural_slice(seed, start, n, "labels"))
+    val = render(cfg["val_seed"], 0, cfg["val_size"])
+    _, acc = train_from_config(cfg, ATTRIBUTES, lambda seed, bs: rendered_batches(render, seed, bs),
                                args.out, val_data=val)
     print(f"fewstep: wrote {args.out}; held-out accuracy {json.dumps(acc)}", file=sys.stderr)
     return 0
 
 
 def cmd_build_tiny_clip(args) -> int:
-    import torch
-    import yaml
-
     from distill.data.procedural import ProceduralDataset, all_captions
+    from eval.classifier import rendered_batches
     from eval.tiny_clip import distinct_caption_gallery, train_from_config
 
-    path = Path(args.config)
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    cfg = yaml.safe_load(path.read_text())
-
-    def batches(seed: int, bs: int):
-        ds, start = ProceduralDataset(seed), 0
-        while True:
-            items = [ds[i] for i in range(start, start + bs)]
-            start += bs
-            yield torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
-
+    cfg = _yaml_file(args.config)
+    render = (lambda seed, start, n: _procedural_slice(seed, start, n, "caption"))
     val = distinct_caption_gallery(ProceduralDataset(cfg["val_seed"]), len(all_captions()))
-    record = train_from_config(cfg, batches, args.out, val_data=val)
+    record = train_from_config(cfg, lambda seed, bs: rendered_batches(render, seed, bs), args.out, val_data=val)
     print(f"fewstep: wrote {args.out}; held-out retrieval {json.dumps(record['val_retrieval'])}", file=sys.stderr)
     return 0
 

@@ -1,6 +1,8 @@
 """Pieces the distillation methods share: distances and the guided teacher call."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from distill import schedules
@@ -36,6 +38,24 @@ def guided_teacher(models: ModelSet, lora: bool, x, t, cond, uncond, w) -> Predi
 def encode_prompts(models: ModelSet, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(cond, uncond) text embeddings from the frozen text encoder."""
     return models.encode_text(captions), models.encode_text([""] * len(captions))
+
+
+class GridBatch(NamedTuple):
+    den: object  # the unwrapped student Denoiser (schedule, prediction type)
+    latents: torch.Tensor  # clean latents of the batch
+    cond: torch.Tensor  # text embeddings
+    uncond: torch.Tensor  # empty-prompt embeddings
+    t: torch.Tensor  # training points on the DDIM skip grid
+    s: torch.Tensor  # one solver step below t
+
+
+def grid_batch(models: ModelSet, batch: dict, num_ddim_timesteps: int) -> GridBatch:
+    """What every consistency loss starts from: latents, prompts, and (t, s) on the skip grid."""
+    den = unwrap(models["student"])
+    latents = models.encode_images(batch["pixels"])
+    cond, uncond = encode_prompts(models, batch["captions"])
+    t, s = skip_grid_points(den, num_ddim_timesteps, latents.shape[0], latents.device)
+    return GridBatch(den, latents, cond, uncond, t, s)
 
 
 def skip_grid_points(den, num_ddim_timesteps: int, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ import torch
 from distill import schedules
 from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
 from distill.modelset import ModelSet, unwrap
-from distill.methods.common import distance, encode_prompts, guided_teacher, noised, skip_grid_points
+from distill.methods.common import distance, grid_batch, guided_teacher, noised
 from distill.students import build_students, guidance_embedding
 
 
@@ -58,11 +58,8 @@ class LCMMethod(Method):
     def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
         cfg = self.config
         student = models["student"]
-        den = unwrap(student)
-        latents = models.encode_images(batch["pixels"])
+        den, latents, cond, uncond, t, s = grid_batch(models, batch, cfg.num_ddim_timesteps)
         b, dev = latents.shape[0], latents.device
-        cond, uncond = encode_prompts(models, batch["captions"])
-        t, s = skip_grid_points(den, cfg.num_ddim_timesteps, b, dev)
         z_t = noised(den, latents, t)
         w = torch.rand(b, device=dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
         w_emb = None if self.lora else guidance_embedding(w, cfg.w_embedding_dim).to(latents.dtype)

@@ -24,7 +24,7 @@ import torch
 
 from distill import schedules
 from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
-from distill.methods.common import distance, encode_prompts, guided_teacher, noised, skip_grid_points
+from distill.methods.common import distance, grid_batch, guided_teacher, noised
 from distill.modelset import ModelSet, unwrap
 from distill.students import build_students
 
@@ -98,11 +98,8 @@ class TSCDMethod(Method):
         cfg = self.config
         stage = self.stage_at(step)
         student = models["student"]
-        den = unwrap(student)
-        latents = models.encode_images(batch["pixels"])
+        den, latents, cond, uncond, t, s = grid_batch(models, batch, cfg.num_ddim_timesteps)
         b, dev = latents.shape[0], latents.device
-        cond, uncond = encode_prompts(models, batch["captions"])
-        t, s = skip_grid_points(den, cfg.num_ddim_timesteps, b, dev)
         T = den.alphas_cumprod.shape[0]
         e = schedules.segment_end(t, schedules.segment_edges(stage.segments, cfg.num_ddim_timesteps, T))
         w = torch.rand(b, device=dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
