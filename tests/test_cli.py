@@ -52,3 +52,23 @@ def test_help_lists_commands():
     assert proc.returncode == 0
     for word in ("train", "sample", "build-classifier"):
         assert word in proc.stdout
+
+
+def test_lora_on_the_wrong_base_is_refused(tmp_path):
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (lora / "fewstep_base.json").write_text('{"base_model": "some-other-base", "fingerprint": "0000000000000000"}')
+    proc = fewstep("sample", "--pipeline", "tiny-sd", "--lora", str(lora), "--prompt", "x", "--steps", "1",
+                   "--out", str(tmp_path / "x.png"))
+    one_clear_line(proc, "trained on base 'some-other-base'")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_export_of_a_run_without_finished_checkpoint(tmp_path):
+    run = tmp_path / "runs" / "r"
+    (run / "checkpoints" / ".tmp-checkpoint-5").mkdir(parents=True)  # killed mid-save
+    (run / "config.yaml").write_text(yaml.safe_dump(run_dict(tmp_path)))
+    proc = fewstep("export", str(run))
+    one_clear_line(proc, "no finished checkpoint")
+    assert not (run / "export").exists()
