@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from eval.features import (  # noqa: F401  (re-exported: the metrics API in one 
     inception_weights_path,
     load_feature_net,
 )
+from eval.files import atomic_write
 from eval.images import uint8_batches
 
 # --------------------------------------------------------------------------------------------
@@ -106,26 +106,15 @@ class FeatureStats:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to a ``.safetensors`` file atomically (temp file, then ``os.replace``)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {
             "features_sum": self.features_sum.contiguous(),
             "features_cov_sum": self.features_cov_sum.contiguous(),
             "kid_features": self.kid_features.contiguous(),
         }
         meta = {"feature_net": self.feature_net, "num_images": str(self.num_images), "key": self.key}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, save(tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:

@@ -20,10 +20,10 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from eval.files import atomic_write  # noqa: F401  (part of this module's API)
 from eval.images import to_uint8_nchw
 
 # Table column order: these first (when present), then any other scalar column, in first-seen order.
@@ -32,22 +32,6 @@ PREFERRED_COLUMNS = ("model", "family", "steps", "guidance", "fid", "kid_mean", 
 HIGHER_IS_BETTER = {"clip_score": True, "attribute_accuracy.all": True, "attribute_accuracy.mean": True,
                     "fid": False, "kid_mean": False}
 DISPLAY_NAMES = {"attribute_accuracy": "acc"}
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def flatten_row(row: Mapping, prefix: str = "") -> dict:
@@ -154,9 +138,9 @@ def _axis_label(metric: str) -> str:
     return _display(metric) + ("" if better is None else (" (higher is better)" if better else " (lower is better)"))
 
 
-def plot_quality_vs_steps(rows: Sequence[Mapping], path: str | os.PathLike,
-                          metrics: Sequence[str] = ("fid", "clip_score", "attribute_accuracy.all")) -> Path:
-    """One panel per metric, quality against sampling steps (log scale), one line per model family."""
+def _plot_panels(rows: Sequence[Mapping], path, metrics: Sequence[str], xlabel: str, draw, style_x) -> Path:
+    """One panel per metric present; ``draw(ax, family_rows, metric, label)`` plots one family,
+    ``style_x(ax)`` sets the x axis."""
     from matplotlib.figure import Figure
 
     present = _metrics_present(rows, metrics) or ["fid"]
@@ -164,44 +148,45 @@ def plot_quality_vs_steps(rows: Sequence[Mapping], path: str | os.PathLike,
     for i, metric in enumerate(present):
         ax = fig.add_subplot(1, len(present), i + 1)
         for label, rs in _groups(rows).items():
-            pts = sorted((r["steps"], r[metric]) for r in rs if isinstance(r.get(metric), (int, float)) and "steps" in r)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ticks = sorted({r["steps"] for r in rows if isinstance(r.get("steps"), (int, float))})
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.set_xlabel("sampling steps")
+            draw(ax, rs, metric, label)
+        style_x(ax)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(_axis_label(metric))
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=7)
     return _save_figure(fig, path)
+
+
+def plot_quality_vs_steps(rows: Sequence[Mapping], path: str | os.PathLike,
+                          metrics: Sequence[str] = ("fid", "clip_score", "attribute_accuracy.all")) -> Path:
+    """One panel per metric, quality against sampling steps (log scale), one line per model family."""
+    def draw(ax, rs, metric, label):
+        pts = sorted((r["steps"], r[metric]) for r in rs if isinstance(r.get(metric), (int, float)) and "steps" in r)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+
+    def style_x(ax):
+        ax.set_xscale("log", base=2)
+        ticks = sorted({r["steps"] for r in rows if isinstance(r.get("steps"), (int, float))})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+
+    return _plot_panels(rows, path, metrics, "sampling steps", draw, style_x)
 
 
 def plot_quality_vs_latency(rows: Sequence[Mapping], path: str | os.PathLike,
                             metrics: Sequence[str] = ("fid", "clip_score", "attribute_accuracy.all")) -> Path:
     """One panel per metric, quality against seconds per image (log scale); points labelled by steps."""
-    from matplotlib.figure import Figure
+    def draw(ax, rs, metric, label):
+        pts = sorted((r["sec_per_image"], r[metric], r.get("steps")) for r in rs
+                     if isinstance(r.get(metric), (int, float)) and isinstance(r.get("sec_per_image"), (int, float)))
+        if not pts:
+            return
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        for x, y, steps in pts:
+            ax.annotate(str(steps), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
 
-    present = _metrics_present(rows, metrics) or ["fid"]
-    fig = Figure(figsize=(4.4 * len(present), 3.4), layout="constrained")
-    for i, metric in enumerate(present):
-        ax = fig.add_subplot(1, len(present), i + 1)
-        for label, rs in _groups(rows).items():
-            pts = sorted((r["sec_per_image"], r[metric], r.get("steps")) for r in rs
-                         if isinstance(r.get(metric), (int, float)) and isinstance(r.get("sec_per_image"), (int, float)))
-            if not pts:
-                continue
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-            for x, y, steps in pts:
-                ax.annotate(str(steps), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-        ax.set_xscale("log")
-        ax.set_xlabel("seconds per image")
-        ax.set_ylabel(_axis_label(metric))
-        ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize=7)
-    return _save_figure(fig, path)
+    return _plot_panels(rows, path, metrics, "seconds per image", draw, lambda ax: ax.set_xscale("log"))
 
 
 def write_report(out_dir: str | os.PathLike, rows: Sequence[Mapping], protocol: Mapping, title: str = "fewstep evaluation") -> dict:
