@@ -316,7 +316,7 @@ def run_sweep(entries: list[ModelEntry], spec: SweepSpec, out_dir: str | os.Path
     top = f"{base['model']} @ {base['steps']}" if base else None
     paths["samples"] = save_sample_grid(grid, out / "samples.png", top=top)
     note = ("\n## Samples\n\n![samples](samples.png)\n\nOne row per model @ steps (teacher on top); column i is "
-            f"prompt i of prompts.txt with generator seed i in every row.\n")
+            "prompt i of prompts.txt with generator seed i in every row.\n")
     atomic_write(paths["report_md"], paths["report_md"].read_text() + note)
     return paths
 

@@ -52,20 +52,27 @@ def model_card(title: str, base_model: str | None, recipe: Recipe, body: str, ta
             f"- steps: {recipe.steps}\n- guidance_scale: {recipe.guidance}\n\n## Usage\n\n{usage}")
 
 
+def _write_common(tmp: Path, pipe, recipe: Recipe, config: dict | None, body: str,
+                  grid_prompts: list[str] | None) -> str:
+    """Recipe, resolved config and sample grid (sampled with the recipe) of any export; returns the
+    model card body with the grid added."""
+    (tmp / "fewstep_recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    if config is not None:
+        (tmp / "fewstep_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if not grid_prompts:
+        return body
+    apply_recipe(pipe, recipe)
+    save_grid(generate(pipe, grid_prompts, recipe.steps, recipe.guidance, seed=0), tmp / "samples.png")
+    return body + "\n\n![samples](samples.png)\n\nPrompts (row-major): " + "; ".join(grid_prompts)
+
+
 def export_pipeline(pipe, recipe: Recipe, out: str | Path, *, title: str, base_model: str | None = None,
                     body: str = "", grid_prompts: list[str] | None = None, config: dict | None = None) -> Path:
     """``save_pretrained`` with the recipe's stock scheduler, a model card and a sample grid."""
     def write(tmp: Path):
         apply_recipe(pipe, recipe)
         pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "fewstep_recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
-        if config is not None:
-            (tmp / "fewstep_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        text = body
-        if grid_prompts:
-            imgs = generate(pipe, grid_prompts, recipe.steps, recipe.guidance, seed=0)
-            save_grid(imgs, tmp / "samples.png")
-            text += "\n\n![samples](samples.png)\n\nPrompts (row-major): " + "; ".join(grid_prompts)
+        text = _write_common(tmp, pipe, recipe, config, body, grid_prompts)
         (tmp / "README.md").write_text(model_card(title, base_model, recipe, text, ["fewstep-export"]))
 
     return _atomic_dir(Path(out), write)
@@ -112,17 +119,9 @@ def export_lora(pipe, recipe: Recipe, out: str | Path, *, title: str, base_model
     """
     def write(tmp: Path):
         save_lora(pipe, tmp)
-        (tmp / "fewstep_recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
         (tmp / "fewstep_base.json").write_text(json.dumps({"base_model": base_model,
                                                            "fingerprint": base_fingerprint(base_unet)}))
-        if config is not None:
-            (tmp / "fewstep_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        text = body
-        if grid_prompts:
-            apply_recipe(pipe, recipe)
-            imgs = generate(pipe, grid_prompts, recipe.steps, recipe.guidance, seed=0)
-            save_grid(imgs, tmp / "samples.png")
-            text += "\n\n![samples](samples.png)\n\nPrompts (row-major): " + "; ".join(grid_prompts)
+        text = _write_common(tmp, pipe, recipe, config, body, grid_prompts)
         (tmp / "README.md").write_text(lora_card(title, base_model, recipe, text))
 
     return _atomic_dir(Path(out), write)

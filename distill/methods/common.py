@@ -37,7 +37,9 @@ def guided_teacher(models: ModelSet, lora: bool, x, t, cond, uncond, w) -> Predi
 @torch.no_grad()
 def encode_prompts(models: ModelSet, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(cond, uncond) text embeddings from the frozen text encoder."""
-    return models.encode_text(captions), models.encode_text([""] * len(captions))
+    # The empty prompt is encoded once and broadcast: the frozen encoder gives every copy the same row.
+    uncond = models.encode_text([""]).expand(len(captions), -1, -1)
+    return models.encode_text(captions), uncond
 
 
 class GridBatch(NamedTuple):
