@@ -87,8 +87,8 @@ def _eval_parser(sub) -> None:
     v.add_argument("--steps", metavar="N,N,..", help="student step counts (default: those of 1,2,4,8 it was "
                                                      "trained for)")
     v.add_argument("--teacher", help="teacher pipeline, sampled with DDIMScheduler (no teacher rows without it)")
-    v.add_argument("--teacher-steps", metavar="N,N,..", help="teacher step counts (default 25,50); the largest is "
-                                                             "the speedup baseline")
+    v.add_argument("--teacher-steps", metavar="N,N,..", help="teacher step counts (default 25,50; '' for no "
+                                                             "teacher rows); the largest is the speedup baseline")
     v.add_argument("--num-images", type=int, help="images per row (default 1000)")
     v.add_argument("--guidance", type=float, help="student guidance_scale (default: its recipe's)")
     v.add_argument("--teacher-guidance", type=float, help="default: the teacher's recipe, else 7.5")

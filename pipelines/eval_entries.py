@@ -102,8 +102,10 @@ def student_entry(pipeline: str, *, lora: str | None = None, steps: list[int] = 
 
 def build_entries(pipeline: str, config: EvalConfig, *, lora: str | None = None, teacher: str | None = None,
                   scheduler: str | None = None, name: str | None = None, family: str | None = None) -> list[ModelEntry]:
-    """The teacher (if given) at ``config.teacher_steps`` and the student at ``config.steps``."""
-    entries = [teacher_entry(teacher, config.teacher_steps, config.teacher_guidance)] if teacher else []
+    """The teacher (if given, and ``config.teacher_steps`` not empty) at ``config.teacher_steps`` and the
+    student at ``config.steps``."""
+    entries = ([teacher_entry(teacher, config.teacher_steps, config.teacher_guidance)]
+               if teacher and config.teacher_steps else [])
     return entries + [student_entry(pipeline, lora=lora, steps=config.steps, guidance=config.guidance,
                                     scheduler=scheduler, name=name, family=family)]
 

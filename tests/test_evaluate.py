@@ -145,6 +145,8 @@ def test_run_dir_resolves_export_lora_and_teacher(models, tmp_path):
     assert (student.name, student.family, student.lora, student.steps) == ("r", "lcm-lora", str(run / "export"), [2])
     assert student.recipe.scheduler == "TCDScheduler" and src.config.num_images == 16 and src.out == run / "eval"
     check_entries(src.entries, SweepSpec(num_images=16))
+    alone = run_entries(run, EvalConfig(steps=[2], teacher_steps=[])).entries  # --teacher-steps ''
+    assert [e.name for e in alone] == ["r"]
     with pytest.raises(EvalError, match="not 4"):
         check_entries(run_entries(run, EvalConfig(steps=[4])).entries, SweepSpec())
     with pytest.raises(EvalError, match="config.yaml missing"):

@@ -45,6 +45,10 @@ class TSCDConfig:
     huber_c: float = 0.001
     target_ema: float = 0.0  # full students: EMA target decay (0: online student under no_grad)
     start: Literal["data", "teacher"] = "data"  # z_t from noised data, or from the teacher's trajectory (MLCM)
+    # Replay: each sample draws its K from the current and all earlier stages, so the last
+    # (1-segment) stage does not overwrite what the 8/4/2-segment stages taught (fewstep's choice;
+    # Hyper-SD trains the stages strictly one after another).
+    replay: bool = False
     sample_steps: int = 4  # default steps of the exported recipe
 
 
@@ -69,12 +73,28 @@ class TSCDMethod(Method):
 
     def stage_at(self, step: int) -> Stage:
         """The stage a global step belongs to; past the last stage, the last one."""
+        return self.config.stages[self._stage_index(step)]
+
+    def _stage_index(self, step: int) -> int:
         end = 0
-        for st in self.config.stages:
+        for i, st in enumerate(self.config.stages):
             end += st.steps
             if step < end:
-                return st
-        return self.config.stages[-1]
+                return i
+        return len(self.config.stages) - 1
+
+    def segment_targets(self, t: torch.Tensor, step: int, num_train_timesteps: int) -> torch.Tensor:
+        """Each sample's segment end: the current stage's, or with ``replay`` that of a stage drawn
+        uniformly from the current and earlier ones."""
+        cfg = self.config
+        i = self._stage_index(step)
+        counts = [st.segments for st in cfg.stages[: i + 1]] if cfg.replay else [cfg.stages[i].segments]
+        ends = [schedules.segment_end(t, schedules.segment_edges(k, cfg.num_ddim_timesteps, num_train_timesteps))
+                for k in counts]
+        if len(ends) == 1:
+            return ends[0]
+        pick = torch.randint(0, len(ends), t.shape, device=t.device)
+        return torch.stack(ends).gather(0, pick[None]).squeeze(0)
 
     @torch.no_grad()
     def _teacher_state(self, models, latents, t, cond, uncond, w):
@@ -100,8 +120,7 @@ class TSCDMethod(Method):
         student = models["student"]
         den, latents, cond, uncond, t, s = grid_batch(models, batch, cfg.num_ddim_timesteps)
         b, dev = latents.shape[0], latents.device
-        T = den.alphas_cumprod.shape[0]
-        e = schedules.segment_end(t, schedules.segment_edges(stage.segments, cfg.num_ddim_timesteps, T))
+        e = self.segment_targets(t, step, den.alphas_cumprod.shape[0])
         w = torch.rand(b, device=dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
         if cfg.start == "teacher":
             z_t = self._teacher_state(models, latents, t, cond, uncond, w)
