@@ -237,6 +237,12 @@ def parse_config(data: dict) -> RunConfig:
     cfg.method = MethodSpec(name, method_cfg)
     if cfg.model.pretrained is None and cfg.model.tiny is None:
         raise ConfigError("model: set model.pretrained (a diffusers pipeline) or model.tiny (a fresh tiny pipeline)")
+    try:  # a method checks its own settings when constructed (cheap: no models are built)
+        REGISTRY[name](method_cfg, cfg.student)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"method ({name}): {e}") from None
     return cfg
 
 

@@ -32,23 +32,22 @@ def _atomic_dir(out: Path, write) -> Path:
     return out
 
 
-def model_card(title: str, base_model: str | None, recipe: Recipe, body: str, tags: list[str]) -> str:
-    """README.md with the YAML front matter the Hugging Face hub and diffusers read."""
+def model_card(title: str, base_model: str | None, recipe: Recipe, body: str, tags: list[str],
+               load: str | None = None) -> str:
+    """README.md with the YAML front matter the Hugging Face hub and diffusers read. ``load``: the usage
+    lines that build ``pipe`` with its scheduler (default: a full pipeline folder)."""
     front = {"library_name": "diffusers", "pipeline_tag": "text-to-image",
              "tags": ["text-to-image", "diffusers", "fewstep", *tags]}
     if base_model:
         front["base_model"] = base_model
-    usage = (
-        "```python\n"
-        "import torch, diffusers\n"
-        "pipe = diffusers.StableDiffusionPipeline.from_pretrained(PATH)\n"
-        f"pipe.scheduler = diffusers.{recipe.scheduler}.from_config(pipe.scheduler.config"
-        + "".join(f", {k}={v!r}" for k, v in recipe.scheduler_kwargs.items()) + ")\n"
-        f"image = pipe(PROMPT, num_inference_steps={recipe.steps}, guidance_scale={recipe.guidance}).images[0]\n"
-        "```\n"
-    )
+    kwargs = "".join(f", {k}={v!r}" for k, v in recipe.scheduler_kwargs.items())
+    load = load or ("pipe = diffusers.StableDiffusionPipeline.from_pretrained(PATH)  # carries its scheduler:\n"
+                    f"# {recipe.scheduler}{recipe.scheduler_kwargs or ''}\n")
+    usage = ("```python\nimport torch, diffusers\n" + load +
+             f"image = pipe(PROMPT, num_inference_steps={recipe.steps}, guidance_scale={recipe.guidance}).images[0]\n"
+             "```\n")
     return (f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# {title}\n\n{body}\n\n"
-            f"## Recipe\n\n- scheduler: `{recipe.scheduler}` {recipe.scheduler_kwargs or ''}\n"
+            f"## Recipe\n\n- scheduler: `{recipe.scheduler}`{kwargs}\n"
             f"- steps: {recipe.steps}\n- guidance_scale: {recipe.guidance}\n\n## Usage\n\n{usage}")
 
 
@@ -112,13 +111,16 @@ def save_lora(pipe, folder) -> None:
 
 def export_lora(pipe, recipe: Recipe, out: str | Path, *, title: str, base_model: str | None, base_unet,
                 body: str = "", grid_prompts: list[str] | None = None, config: dict | None = None) -> Path:
-    """``pytorch_lora_weights.safetensors`` + recipe + base fingerprint + model card (+ sample grid).
+    """``pytorch_lora_weights.safetensors`` + ``scheduler/`` (stock config) + recipe + base fingerprint +
+    model card (+ sample grid).
 
     ``pipe`` is the base pipeline whose UNet carries the trained adapter; ``base_unet`` the same UNet
     (its base weights are fingerprinted with the adapter layers' base weights).
     """
     def write(tmp: Path):
         save_lora(pipe, tmp)
+        apply_recipe(pipe, recipe)  # the stock scheduler it was trained for, loadable on its own:
+        pipe.scheduler.save_pretrained(tmp / "scheduler")  # Scheduler.from_pretrained(PATH, subfolder="scheduler")
         (tmp / "fewstep_base.json").write_text(json.dumps({"base_model": base_model,
                                                            "fingerprint": base_fingerprint(base_unet)}))
         text = _write_common(tmp, pipe, recipe, config, body, grid_prompts)
@@ -128,10 +130,10 @@ def export_lora(pipe, recipe: Recipe, out: str | Path, *, title: str, base_model
 
 
 def lora_card(title: str, base_model: str | None, recipe: Recipe, body: str) -> str:
-    card = model_card(title, base_model, recipe, body, ["lora", "fewstep-export"])
-    return card.replace("pipe = diffusers.StableDiffusionPipeline.from_pretrained(PATH)\n",
-                        "pipe = diffusers.StableDiffusionPipeline.from_pretrained(BASE_MODEL)\n"
-                        "pipe.load_lora_weights(PATH)  # this folder\n")
+    load = ("pipe = diffusers.StableDiffusionPipeline.from_pretrained(BASE_MODEL)\n"
+            "pipe.load_lora_weights(PATH)  # this folder\n"
+            f"pipe.scheduler = diffusers.{recipe.scheduler}.from_pretrained(PATH, subfolder='scheduler')\n")
+    return model_card(title, base_model, recipe, body, ["lora", "fewstep-export"], load)
 
 
 class LoraBaseError(ValueError):

@@ -72,3 +72,14 @@ def test_export_of_a_run_without_finished_checkpoint(tmp_path):
     proc = fewstep("export", str(run))
     one_clear_line(proc, "no finished checkpoint")
     assert not (run / "export").exists()
+
+
+def test_method_settings_are_checked_before_any_work():
+    """A method's own constraints (TSCD: segments within the skip grid) fail at config time."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = fewstep("train", "configs/tiny/tscd_lora.yaml", "--set", "method.num_ddim_timesteps=4",
+                   "--set", "name=test-never-written", cwd=root)
+    one_clear_line(proc, "method.stages: 8 segments")
+    assert not (root / "runs" / "test-never-written").exists()

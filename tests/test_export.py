@@ -24,13 +24,14 @@ PLAIN = textwrap.dedent("""
     import json, sys, torch, diffusers
     base, export, out, steps_list = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     recipe = json.load(open(export + "/fewstep_recipe.json"))
-    if recipe_is_lora := __import__("os").path.exists(export + "/pytorch_lora_weights.safetensors"):
+    if __import__("os").path.exists(export + "/pytorch_lora_weights.safetensors"):
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(base)
-        pipe.load_lora_weights(export)
-    else:
+        pipe.load_lora_weights(export)  # and the stock scheduler saved next to it
+        pipe.scheduler = getattr(diffusers, recipe["scheduler"]).from_pretrained(export, subfolder="scheduler")
+    else:  # a full pipeline already carries its scheduler
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(export)
-    pipe.scheduler = getattr(diffusers, recipe["scheduler"]).from_config(pipe.scheduler.config,
-                                                                      **recipe["scheduler_kwargs"])
+    assert type(pipe.scheduler).__name__ == recipe["scheduler"], type(pipe.scheduler)
+    assert all(pipe.scheduler.config[k] == v for k, v in recipe["scheduler_kwargs"].items())
     pipe.set_progress_bar_config(disable=True)
     prompts = json.loads(sys.argv[5])
     res = {}

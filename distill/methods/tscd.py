@@ -45,10 +45,10 @@ class TSCDConfig:
     huber_c: float = 0.001
     target_ema: float = 0.0  # full students: EMA target decay (0: online student under no_grad)
     start: Literal["data", "teacher"] = "data"  # z_t from noised data, or from the teacher's trajectory (MLCM)
-    # Replay: each sample draws its K from the current and all earlier stages, so the last
-    # (1-segment) stage does not overwrite what the 8/4/2-segment stages taught (fewstep's choice;
-    # Hyper-SD trains the stages strictly one after another).
-    replay: bool = False
+    # Replay: the probability that a sample takes its K from an earlier stage (uniformly) instead of
+    # the current one, so the last (1-segment) stage does not overwrite what the 8/4/2-segment
+    # stages taught. 0 = Hyper-SD's strictly sequential stages; fewstep's tiny config uses 0.5.
+    replay: float = 0.0
     sample_steps: int = 4  # default steps of the exported recipe
 
 
@@ -59,7 +59,11 @@ class TSCDMethod(Method):
     def __init__(self, config, student=None):
         super().__init__(config, student)
         for st in config.stages:
-            schedules.segment_edges(st.segments, config.num_ddim_timesteps)  # validates K <= N early
+            if not 1 <= st.segments <= config.num_ddim_timesteps:
+                raise ValueError(f"method.stages: {st.segments} segments need 1..method.num_ddim_timesteps "
+                                 f"({config.num_ddim_timesteps}) skip-grid points")
+        if not 0.0 <= config.replay <= 1.0:
+            raise ValueError(f"method.replay must be a probability in [0, 1], got {config.replay}")
 
     @property
     def lora(self) -> bool:
@@ -84,17 +88,21 @@ class TSCDMethod(Method):
         return len(self.config.stages) - 1
 
     def segment_targets(self, t: torch.Tensor, step: int, num_train_timesteps: int) -> torch.Tensor:
-        """Each sample's segment end: the current stage's, or with ``replay`` that of a stage drawn
-        uniformly from the current and earlier ones."""
+        """Each sample's segment end: the current stage's, or with probability ``replay`` (and a stage
+        before this one) that of an earlier stage drawn uniformly."""
         cfg = self.config
         i = self._stage_index(step)
-        counts = [st.segments for st in cfg.stages[: i + 1]] if cfg.replay else [cfg.stages[i].segments]
-        ends = [schedules.segment_end(t, schedules.segment_edges(k, cfg.num_ddim_timesteps, num_train_timesteps))
-                for k in counts]
-        if len(ends) == 1:
-            return ends[0]
-        pick = torch.randint(0, len(ends), t.shape, device=t.device)
-        return torch.stack(ends).gather(0, pick[None]).squeeze(0)
+
+        def ends(k):
+            return schedules.segment_end(t, schedules.segment_edges(k, cfg.num_ddim_timesteps, num_train_timesteps))
+
+        e = ends(cfg.stages[i].segments)
+        if cfg.replay <= 0 or i == 0:
+            return e
+        earlier = torch.stack([ends(st.segments) for st in cfg.stages[:i]])
+        pick = torch.randint(0, i, t.shape, device=t.device)
+        take = torch.rand(t.shape, device=t.device) < cfg.replay
+        return torch.where(take, earlier.gather(0, pick[None]).squeeze(0), e)
 
     @torch.no_grad()
     def _teacher_state(self, models, latents, t, cond, uncond, w):
