@@ -50,6 +50,24 @@ def test_exported_tscd_scheduler_runs_exactly_the_trained_edges(k):
         recipe.check_steps(3)
 
 
+@pytest.mark.parametrize("config", ["configs/tiny/tscd_lora.yaml", "configs/sd15/tscd_lora.yaml"])
+def test_shipped_tscd_configs_export_schedulers_that_run_their_trained_edges(config):
+    from pathlib import Path
+
+    from distill.config import load_config
+    from distill.methods import REGISTRY
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / config)
+    method = REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
+    n = cfg.method.config.num_ddim_timesteps
+    for stage in cfg.method.config.stages:
+        recipe = method.recipe(stage.segments)
+        sched = TCDScheduler(**{**SD15_SCHEDULE, **recipe.scheduler_kwargs})
+        sched.set_timesteps(stage.segments)
+        assert sched.timesteps.tolist() == schedules.segment_edges(stage.segments, n)[:-1].tolist()
+        recipe.check_steps(stage.segments)
+
+
 def test_consistency_timesteps_rejects_more_steps_than_grid():
     with pytest.raises(ValueError, match="num_steps"):
         schedules.consistency_timesteps(51, 50)
