@@ -40,6 +40,10 @@ PLAIN = textwrap.dedent("""
         lat = pipe(prompts, num_inference_steps=steps, guidance_scale=recipe["guidance"], generator=gens,
                    output_type="latent").images
         res[steps] = lat
+    if pipe.unet.config.time_cond_proj_dim:  # guidance embedded in the UNet: still a knob at inference
+        gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+        res["other_guidance"] = pipe(prompts, num_inference_steps=1, guidance_scale=recipe["guidance"] + 4,
+                                     generator=gens, output_type="latent").images
     res["fewstep_loaded"] = any(m.startswith(("distill", "pipelines", "eval")) for m in sys.modules)
     torch.save(res, out)
 """)
@@ -126,3 +130,7 @@ def test_export_matches_fewstep_sampler_in_plain_diffusers(tmp_path, base_dir, m
                            guidance_embedding(torch.full((2,), recipe.guidance - 1.0),
                                               net.unet.config.time_cond_proj_dim)).sample
     assert (base_unet_out - student_out).abs().max().item() > 1e-2
+    if kind == "full":  # the embedded guidance scale changes the images (and fewstep agrees on how)
+        assert (plain["other_guidance"] - plain[1]).abs().max().item() > 1e-3
+        ours = fewstep_latents(trainer, recipe, 1, recipe.guidance + 4)
+        assert (ours - plain["other_guidance"]).abs().max().item() <= 1e-4
