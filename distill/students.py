@@ -64,20 +64,26 @@ def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     return nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
 
 
-def with_guidance_embedding(unet: UNet2DConditionModel, dim: int = 256) -> UNet2DConditionModel:
+def with_guidance_embedding(unet: UNet2DConditionModel, dim: int = 256, init: str = "zeros") -> UNet2DConditionModel:
     """A full copy of ``unet`` that also takes a guidance embedding (``time_cond_proj_dim``).
 
-    The new projection starts at zero, so the copy initially computes exactly what the teacher
-    does and learns how to use w during distillation.
+    ``init='zeros'``: the new projection starts at zero, so the copy initially computes exactly what
+    the teacher does. ``'default'``: PyTorch's Linear init, as diffusers' LCM training script gets by
+    loading the teacher's weights into a UNet built with ``time_cond_proj_dim`` (the student starts
+    perturbed, but the guidance input is live from the first step).
     """
+    if init not in ("zeros", "default"):
+        raise ValueError(f"guidance embedding init must be 'zeros' or 'default', got {init!r}")
     student = UNet2DConditionModel.from_config(unet.config, time_cond_proj_dim=dim)
     missing, unexpected = student.load_state_dict(unet.state_dict(), strict=False)
     assert not unexpected and all("cond_proj" in k for k in missing), (missing, unexpected)
-    nn.init.zeros_(student.time_embedding.cond_proj.weight)
+    if init == "zeros":
+        nn.init.zeros_(student.time_embedding.cond_proj.weight)
     return student.to(device=unet.device) if unet.dtype == torch.float32 else student.to(unet.device, unet.dtype)
 
 
-def build_students(pipe, cfg: StudentConfig, target_ema: float = 0.0, w_embedding_dim: int | None = None) -> ModelSet:
+def build_students(pipe, cfg: StudentConfig, target_ema: float = 0.0, w_embedding_dim: int | None = None,
+                   w_embedding_init: str = "zeros") -> ModelSet:
     """The roles of a distillation run: ``student`` (trainable), and for full students a frozen
     ``teacher`` plus, if ``target_ema`` > 0, an EMA ``target``. LoRA students need neither: the
     teacher is the base weights and the target the online student under no_grad (LCM-LoRA).
@@ -91,7 +97,8 @@ def build_students(pipe, cfg: StudentConfig, target_ema: float = 0.0, w_embeddin
         return models
     pipe.unet.requires_grad_(False).eval()
     models["teacher"] = Denoiser(pipe.unet, sched)
-    student = with_guidance_embedding(pipe.unet, w_embedding_dim) if w_embedding_dim else copy.deepcopy(pipe.unet)
+    student = (with_guidance_embedding(pipe.unet, w_embedding_dim, w_embedding_init) if w_embedding_dim
+               else copy.deepcopy(pipe.unet))
     models["student"] = Denoiser(student.train().requires_grad_(True), sched)
     if target_ema > 0:
         models.add_ema("target", "student", target_ema)

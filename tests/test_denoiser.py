@@ -43,3 +43,24 @@ def test_batched_cfg_equals_two_forwards(denoiser):
     torch.testing.assert_close(got.x0, u.x0 + wb * (c.x0 - u.x0), atol=1e-4, rtol=1e-4)
     # guidance 1 is the conditional prediction itself
     torch.testing.assert_close(got.x0[0], c.x0[0], atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("init", ["zeros", "default"])
+def test_guidance_embedding_init(small_arch, init):
+    """'zeros': the student starts as the teacher for every w; 'default': w is live from step 0."""
+    from distill.students import guidance_embedding, with_guidance_embedding
+
+    unet = build_tiny_pipeline(small_arch).unet.eval()
+    torch.manual_seed(0)
+    student = with_guidance_embedding(unet, 32, init).eval()
+    x, t, cond, _ = inputs()
+    ref = unet(x, t, encoder_hidden_states=cond).sample
+    outs = [student(x, t, encoder_hidden_states=cond, timestep_cond=guidance_embedding(torch.full((3,), w), 32)).sample
+            for w in (1.0, 5.0)]
+    if init == "zeros":
+        assert all(torch.equal(o, ref) for o in outs)
+    else:
+        assert (outs[0] - outs[1]).abs().max() > 1e-4 and (outs[0] - ref).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="'zeros' or 'default'"):
+        with_guidance_embedding(unet, 32, "ones")

@@ -36,6 +36,7 @@ class LCMConfig:
     sigma_data: float = 0.5
     target_ema: float = 0.95  # full students: EMA decay of the target network
     w_embedding_dim: int = 256  # full students: time_cond_proj_dim of the guidance embedding
+    w_embedding_init: Literal["zeros", "default"] = "zeros"  # its projection: zeros, or PyTorch's Linear init
     sample_steps: int = 4  # recipe of the export
     sample_guidance: float = 8.0  # full students only (w = guidance - 1 is embedded); LoRA students use 1
 
@@ -50,7 +51,8 @@ class LCMMethod(Method):
 
     def build(self, pipe) -> ModelSet:
         return build_students(pipe, self.student_config, target_ema=self.config.target_ema,
-                              w_embedding_dim=self.config.w_embedding_dim)
+                              w_embedding_dim=self.config.w_embedding_dim,
+                              w_embedding_init=self.config.w_embedding_init)
 
     def trainable(self, models: ModelSet, phase: str) -> list[str]:
         return ["student"]
