@@ -47,7 +47,7 @@ class TSCDConfig:
     start: Literal["data", "teacher"] = "data"  # z_t from noised data, or from the teacher's trajectory (MLCM)
     # Replay: the probability that a sample takes its K from an earlier stage (uniformly) instead of
     # the current one, so the last (1-segment) stage does not overwrite what the 8/4/2-segment
-    # stages taught. 0 = Hyper-SD's strictly sequential stages; fewstep's tiny config uses 0.5.
+    # stages taught. 0 = Hyper-SD's strictly sequential stages; fewstep's tiny config uses 0.3.
     replay: float = 0.0
     sample_steps: int = 4  # default steps of the exported recipe
 
