@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill.data.procedural import ProceduralDataset  # noqa: E402
-from distill.sampling import Recipe, apply_recipe, generate, save_grid  # noqa: E402
-from eval.classifier import attribute_accuracy, load_classifier  # noqa: E402
-from pipelines.teacher import ASSETS, load_pipeline  # noqa: E402
+from fewstep.distill.data.procedural import ProceduralDataset  # noqa: E402
+from fewstep.distill.sampling import Recipe, apply_recipe, generate, save_grid  # noqa: E402
+from fewstep.eval.classifier import attribute_accuracy, load_classifier  # noqa: E402
+from fewstep.pipelines.teacher import ASSETS, load_pipeline  # noqa: E402
 
 
 def held_out(num: int, seed: int = 777) -> tuple[list[str], torch.Tensor]:

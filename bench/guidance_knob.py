@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.attribute_quality import held_out  # noqa: E402
-from distill.sampling import Recipe, apply_recipe, generate  # noqa: E402
-from eval.classifier import attribute_accuracy, load_classifier  # noqa: E402
-from pipelines.teacher import ASSETS, load_pipeline  # noqa: E402
+from fewstep.distill.sampling import Recipe, apply_recipe, generate  # noqa: E402
+from fewstep.eval.classifier import attribute_accuracy, load_classifier  # noqa: E402
+from fewstep.pipelines.teacher import ASSETS, load_pipeline  # noqa: E402
 
 
 def images(pipe, recipe: Recipe, prompts: list[str], guidance: float) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Every key is checked against the dataclass fields before any work starts: an unknown key names
 itself and the allowed keys, an ill-typed value names its key, the expected type and what came.
-The method section is typed by the method's own config class, found through the registry.
+The method section is typed by the method's own config class in ``run_config`` (which knows the
+registry), so this module imports no method.
 """
 from __future__ import annotations
 
@@ -215,49 +216,6 @@ def apply_override(data: dict, assignment: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {key}: '{p}' is not a section")
     node[parts[-1]] = yaml.safe_load(raw)
-
-
-def parse_config(data: dict) -> RunConfig:
-    """Type a raw config mapping, resolving the method section through the registry."""
-    from distill.methods import REGISTRY  # methods import config; import here to avoid a cycle
-
-    if not isinstance(data, dict):
-        raise ConfigError("the config must be a mapping at top level")
-    data = dict(data)
-    method_raw = data.pop("method", None)
-    if not isinstance(method_raw, dict) or "name" not in method_raw:
-        raise ConfigError(f"missing 'method.name'; available methods: {', '.join(sorted(REGISTRY))}")
-    method_raw = dict(method_raw)
-    name = method_raw.pop("name")
-    if name not in REGISTRY:
-        raise ConfigError(f"method.name: unknown method {name!r}; available: {', '.join(sorted(REGISTRY))}")
-    method_cfg = from_dict(REGISTRY[name].Config, method_raw, "method")
-    data["method"] = {"name": name, "config": None}
-    cfg = from_dict(RunConfig, data)
-    cfg.method = MethodSpec(name, method_cfg)
-    if cfg.model.pretrained is None and cfg.model.tiny is None:
-        raise ConfigError("model: set model.pretrained (a diffusers pipeline) or model.tiny (a fresh tiny pipeline)")
-    try:  # a method checks its own settings when constructed (cheap: no models are built)
-        REGISTRY[name](method_cfg, cfg.student)
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise ConfigError(f"method ({name}): {e}") from None
-    return cfg
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config file, apply ``--set`` overrides, and type it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    for o in overrides:
-        apply_override(data, o)
-    return parse_config(data)
 
 
 def to_dict(cfg: RunConfig) -> dict:

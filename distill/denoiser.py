@@ -12,7 +12,7 @@ from typing import Mapping, NamedTuple
 import torch
 from torch import nn
 
-from distill import schedules
+from fewstep.distill import schedules
 
 
 class Prediction(NamedTuple):

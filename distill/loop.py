@@ -21,11 +21,12 @@ from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from distill.config import RunConfig, save_config
-from distill.data import build_dataset, collate
-from distill.methods import REGISTRY, Method
-from distill.modelset import ModelSet, ema_update
-from distill.sampling import save_grid
+from fewstep.distill.config import RunConfig, save_config
+from fewstep.distill.data import build_dataset, collate
+from fewstep.distill.methods.base import Method
+from fewstep.distill.methods.registry import REGISTRY
+from fewstep.distill.modelset import ModelSet, ema_update
+from fewstep.distill.sampling import save_grid
 
 CKPT_PREFIX = "checkpoint-"
 

@@ -90,7 +90,7 @@ def consistency_sample(denoiser, cond: torch.Tensor, timesteps: torch.Tensor, la
     """
     from diffusers.utils.torch_utils import randn_tensor
 
-    from distill import schedules
+    from fewstep.distill import schedules
 
     abar = denoiser.alphas_cumprod
     x = latents

@@ -14,9 +14,9 @@ from diffusers import UNet2DConditionModel
 from peft import LoraConfig
 from torch import nn
 
-from distill.config import StudentConfig
-from distill.denoiser import Denoiser
-from distill.modelset import ModelSet, unwrap
+from fewstep.distill.config import StudentConfig
+from fewstep.distill.denoiser import Denoiser
+from fewstep.distill.modelset import ModelSet, unwrap
 
 
 def lora_target_modules(unet: nn.Module, patterns: list[str]) -> list[str]:

@@ -31,14 +31,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from eval.images import uint8_batches
+from fewstep.eval.assets import assets_dir
+from fewstep.eval.errors import ClipError
+from fewstep.eval.images import uint8_batches
 
-EMBEDDED_CLIP_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny-clip"
+EMBEDDED_CLIP_DIR = assets_dir() / "tiny-clip"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
-
-
-class ClipError(RuntimeError):
-    """A CLIP model cannot be loaded offline as specified."""
 
 
 @dataclass(frozen=True)

@@ -24,18 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewstep.eval.assets import assets_dir
+from fewstep.eval.errors import MetricsError, MissingWeightsError  # noqa: F401 (re-exported)
+
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_FILE}"
-DEFAULT_CLASSIFIER_DIR = Path(__file__).resolve().parents[1] / "assets" / "classifier"
+DEFAULT_CLASSIFIER_DIR = assets_dir() / "classifier"
 FEATURE_NETS = ("inception", "embedded")
-
-
-class MetricsError(RuntimeError):
-    """A metric cannot be computed as asked (missing weights, mismatched statistics, too few images)."""
-
-
-class MissingWeightsError(MetricsError, FileNotFoundError):
-    """A feature network's weights file is not on this machine (nothing is downloaded)."""
 
 
 def inception_weights_path(weights_path: str | os.PathLike | None = None) -> Path:
@@ -184,7 +179,7 @@ def load_feature_net(
         ident = f"inception-v3-compat:2048:{INCEPTION_WEIGHTS_FILE}:antialias={antialias}"
         return InceptionFeatureNet(net, 2048, ident, normalize).to(device)
     if name == "embedded":
-        from eval.classifier import load_classifier
+        from fewstep.eval.classifier import load_classifier
 
         d = Path(classifier_dir) if classifier_dir is not None else DEFAULT_CLASSIFIER_DIR
         try:

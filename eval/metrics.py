@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval.features import (  # noqa: F401  (re-exported: the metrics API in one import)
+from fewstep.eval.features import (  # noqa: F401  (re-exported: the metrics API in one import)
     FEATURE_NETS,
     INCEPTION_WEIGHTS_FILE,
     FeatureNet,
@@ -46,8 +46,8 @@ from eval.features import (  # noqa: F401  (re-exported: the metrics API in one 
     inception_weights_path,
     load_feature_net,
 )
-from eval.files import atomic_write
-from eval.images import uint8_batches
+from fewstep.eval.files import atomic_write
+from fewstep.eval.images import uint8_batches
 
 # --------------------------------------------------------------------------------------------
 # Statistics

@@ -23,8 +23,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from eval.files import atomic_write  # noqa: F401  (part of this module's API)
-from eval.images import to_uint8_nchw
+from fewstep.eval.files import atomic_write  # noqa: F401  (part of this module's API)
+from fewstep.eval.images import to_uint8_nchw
 
 # Table column order: these first (when present), then any other scalar column, in first-seen order.
 PREFERRED_COLUMNS = ("model", "family", "steps", "guidance", "fid", "kid_mean", "kid_std", "clip_score",

@@ -129,7 +129,7 @@ def fit_tiny_clip(
     """
     import open_clip
 
-    from eval.classifier import augment
+    from fewstep.eval.classifier import augment
 
     torch.manual_seed(seed)
     model = open_clip.CLIP(**model_cfg).train()
@@ -234,7 +234,7 @@ def train_from_config(
     Returns:
         The record stored under ``fewstep_training``: config, seconds, accuracy.
     """
-    from eval.clip import load_clip, retrieval_accuracy
+    from fewstep.eval.clip import load_clip, retrieval_accuracy
 
     model_cfg = model_config(cfg["model"])
     t0 = time.time()

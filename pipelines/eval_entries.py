@@ -12,17 +12,14 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from distill.config import EvalConfig
-from distill.sampling import Recipe
-from pipelines.teacher import resolve
+from fewstep.distill.config import EvalConfig
+from fewstep.distill.sampling import Recipe
+from fewstep.pipelines.errors import EvalError
+from fewstep.pipelines.teacher import resolve
 
 DEFAULT_GUIDANCE = 7.5  # StableDiffusionPipeline's own default, for pipelines without a fewstep recipe
 STUDENT_STEPS = (1, 2, 4, 8)  # default student step counts (those the student was trained for)
 TEACHER_METHODS = ("denoise", "vae")  # runs that train a teacher: their export is evaluated as the teacher
-
-
-class EvalError(ValueError):
-    """A sweep cannot run as asked (untrained step count, missing folder, ...); the message says why."""
 
 
 @dataclass
@@ -125,7 +122,7 @@ def run_entries(run_dir: str | os.PathLike, config: EvalConfig | None = None, *,
     the teacher ``model.pretrained``. A run that trains a teacher (``denoise``) is evaluated alone, as
     a teacher, at ``steps + teacher_steps``.
     """
-    from distill.config import load_config
+    from fewstep.distill.run_config import load_config
 
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.config import EvalConfig
-from distill.sampling import apply_recipe, generate
-from pipelines.eval_entries import (  # noqa: F401  (re-exported: the sweep API in one import)
+from fewstep.distill.config import EvalConfig
+from fewstep.distill.sampling import apply_recipe, generate
+from fewstep.pipelines.eval_entries import (  # noqa: F401  (re-exported: the sweep API in one import)
     EvalError,
     ModelEntry,
     build_entries,
@@ -32,7 +32,7 @@ from pipelines.eval_entries import (  # noqa: F401  (re-exported: the sweep API 
     student_entry,
     teacher_entry,
 )
-from pipelines.teacher import TeacherError, check_pipeline_dir, load_pipeline, resolve
+from fewstep.pipelines.teacher import TeacherError, check_pipeline_dir, load_pipeline, resolve
 
 PROMPT_SEED = 777  # held-out procedural scenes whose captions are the prompts (as bench/attribute_quality.py)
 REFERENCE_SEED = 12345  # held-out procedural scenes that are the FID reference
@@ -78,14 +78,14 @@ def evaluate_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
 def procedural_prompts(num: int, seed: int = PROMPT_SEED) -> list[str]:
     """Captions of held-out procedural scenes (the prompts of bench/attribute_quality.py)."""
-    from distill.data.procedural import caption, sample_scene
+    from fewstep.distill.data.procedural import caption, sample_scene
 
     return [caption(sample_scene(seed, i)) for i in range(num)]
 
 
 def prompt_labels(prompts: list[str]) -> torch.Tensor | None:
     """Ground-truth attribute labels ``[N, n_attr]`` if every prompt is a procedural caption, else None."""
-    from distill.data.procedural import labels_from_caption
+    from fewstep.distill.data.procedural import labels_from_caption
 
     try:
         return torch.tensor([labels_from_caption(p) for p in prompts])
@@ -112,7 +112,7 @@ def _square(path: Path, resolution: int) -> torch.Tensor:
 def reference_source(spec: SweepSpec, resolution: int):
     """``(lazy image iterable, cache key)`` of the FID reference; the key names the source completely."""
     if spec.reference == "procedural":
-        from distill.data.procedural import ProceduralDataset
+        from fewstep.distill.data.procedural import ProceduralDataset
 
         n = spec.reference_images or max(spec.num_images, 1000)
         ds = ProceduralDataset(REFERENCE_SEED)
@@ -184,7 +184,7 @@ def check_entries(entries: list[ModelEntry], spec: SweepSpec) -> None:
 
 def load_entry(entry: ModelEntry, device: str):
     """The entry's pipeline (with its LoRA, checked against the base it was trained on) on ``device``."""
-    from pipelines.export import check_lora_base
+    from fewstep.pipelines.export import check_lora_base
 
     pipe = load_pipeline(entry.pipeline)
     if entry.lora:
@@ -197,10 +197,10 @@ def load_entry(entry: ModelEntry, device: str):
 
 def prepare(entries: list[ModelEntry], spec: SweepSpec) -> Prepared:
     """Check the request, load metric networks, pipelines and reference statistics (in that order)."""
-    from eval.classifier import load_classifier
-    from eval.clip import load_clip
-    from eval.features import DEFAULT_CLASSIFIER_DIR, load_feature_net
-    from eval.metrics import compute_reference_stats
+    from fewstep.eval.classifier import load_classifier
+    from fewstep.eval.clip import load_clip
+    from fewstep.eval.features import DEFAULT_CLASSIFIER_DIR, load_feature_net
+    from fewstep.eval.metrics import compute_reference_stats
 
     check_entries(entries, spec)
     feature_net = load_feature_net(spec.features, weights_path=spec.inception_weights, device=spec.device)
@@ -234,10 +234,10 @@ def evaluate_row(entry: ModelEntry, pipe, steps: int, ctx: Prepared, spec: Sweep
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from eval.classifier import predict
-    from eval.clip import clip_score
-    from eval.latency import measure_latency
-    from eval.metrics import fid_kid
+    from fewstep.eval.classifier import predict
+    from fewstep.eval.clip import clip_score
+    from fewstep.eval.latency import measure_latency
+    from fewstep.eval.metrics import fid_kid
 
     recipe, n, bs = entry.recipe, spec.num_images, spec.batch_size
     apply_recipe(pipe, recipe)
@@ -296,7 +296,7 @@ def run_sweep(entries: list[ModelEntry], spec: SweepSpec, out_dir: str | os.Path
     Returns:
         The paths written: ``metrics_json``, ``report_md``, the plots, ``samples`` and ``prompts``.
     """
-    from eval.report import atomic_write, save_sample_grid, write_report
+    from fewstep.eval.report import atomic_write, save_sample_grid, write_report
 
     ctx = prepare(entries, spec)
     rows, grid = [], []

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from distill.sampling import Recipe, apply_recipe, generate, save_grid
+from fewstep.distill.sampling import Recipe, apply_recipe, generate, save_grid
+from fewstep.pipelines.errors import LoraBaseError
 
 
 def _atomic_dir(out: Path, write) -> Path:
@@ -136,10 +137,6 @@ def lora_card(title: str, base_model: str | None, recipe: Recipe, body: str) -> 
     return model_card(title, base_model, recipe, body, ["lora", "fewstep-export"], load)
 
 
-class LoraBaseError(ValueError):
-    """A LoRA export is being loaded onto a base model it was not trained on."""
-
-
 def check_lora_base(lora_dir: str | Path, unet) -> None:
     """Raise LoraBaseError if ``unet`` is not the base the LoRA in ``lora_dir`` was trained on."""
     meta = Path(lora_dir) / "fewstep_base.json"
@@ -156,8 +153,8 @@ def check_lora_base(lora_dir: str | Path, unet) -> None:
 def export_run(method, models, cfg, out: str | Path, fuse: bool = False, grid_prompts: list[str] | None = None) -> Path:
     """Export a trained run: LoRA weights for LoRA students (or, with ``fuse``, a full pipeline with
     the LoRA fused in), a full pipeline otherwise. Always with recipe, config and model card."""
-    from distill.config import to_dict
-    from distill.modelset import unwrap
+    from fewstep.distill.config import to_dict
+    from fewstep.distill.modelset import unwrap
 
     pipe, recipe = method.to_pipeline(models)
     common = dict(title=f"fewstep {cfg.method.name} student ({cfg.name})", base_model=cfg.model.pretrained,
@@ -171,7 +168,7 @@ def export_run(method, models, cfg, out: str | Path, fuse: bool = False, grid_pr
         return export_lora(pipe, recipe, out, base_unet=unwrap(models["student"]).unet, **common)
     import tempfile
 
-    from pipelines.teacher import load_pipeline
+    from fewstep.pipelines.teacher import load_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         save_lora(pipe, tmp)

@@ -11,12 +11,11 @@ from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+from fewstep.eval.assets import assets_dir
+from fewstep.pipelines.errors import TeacherError
+
+ASSETS = assets_dir()
 REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-class TeacherError(ValueError):
-    """The teacher path or id does not hold a usable diffusers pipeline."""
 
 
 def resolve(name: str) -> str:

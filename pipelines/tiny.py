@@ -12,9 +12,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from distill.config import TinyArch
-from distill.data.procedural import vocabulary
-from pipelines.tokenizer import build_clip_tokenizer
+from fewstep.distill.config import TinyArch
+from fewstep.distill.data.procedural import vocabulary
+from fewstep.pipelines.tokenizer import build_clip_tokenizer
 
 # SD1.5's noise schedule and sampler settings (runwayml/stable-diffusion-v1-5 scheduler config).
 SD15_SCHEDULE = dict(

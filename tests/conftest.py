@@ -23,5 +23,5 @@ def run_dict(tmp_path, method="denoise", steps=6, **train):
 
 @pytest.fixture
 def small_arch():
-    from distill.config import TinyArch
+    from fewstep.distill.config import TinyArch
     return TinyArch(**SMALL_ARCH)

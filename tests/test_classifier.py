@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.data.procedural import ATTRIBUTES, ProceduralDataset
-from eval.classifier import (
+from fewstep.distill.data.procedural import ATTRIBUTES, ProceduralDataset
+from fewstep.eval.classifier import (
     CONFIG_FILE,
     MODEL_FILE,
     AttributeClassifier,
@@ -130,5 +130,5 @@ def test_fit_rejects_mislabelled_batches():
 
 
 def test_eval_package_does_not_import_distill():
-    code = "import sys, eval.classifier; bad = [m for m in sys.modules if m.split('.')[0] == 'distill']; assert not bad, bad"
+    code = "import sys, fewstep.eval.classifier; bad = [m for m in sys.modules if m.startswith('fewstep.distill')]; assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -9,7 +9,7 @@ from tests.conftest import run_dict
 
 
 def fewstep(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fewstep.pipelines.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from distill.config import ConfigError, load_config, parse_config, save_config, to_dict
+from fewstep.distill.config import ConfigError, save_config, to_dict
+from fewstep.distill.run_config import load_config, parse_config
 from tests.conftest import run_dict
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import LCMScheduler, TCDScheduler
 
-from distill import schedules
-from pipelines.tiny import SD15_SCHEDULE
+from fewstep.distill import schedules
+from fewstep.pipelines.tiny import SD15_SCHEDULE
 
 N = 50
 
@@ -35,8 +35,8 @@ def test_segment_end_maps_each_point_to_the_next_lower_edge():
 
 @pytest.mark.parametrize("k", [1, 2, 4, 8])
 def test_exported_tscd_scheduler_runs_exactly_the_trained_edges(k):
-    from distill.config import StudentConfig
-    from distill.methods.tscd import TSCDConfig, TSCDMethod, Stage
+    from fewstep.distill.config import StudentConfig
+    from fewstep.distill.methods.tscd import TSCDConfig, TSCDMethod, Stage
 
     method = TSCDMethod(TSCDConfig(stages=[Stage(8, 1), Stage(4, 1), Stage(2, 1), Stage(1, 1)]),
                         StudentConfig(kind="lora"))
@@ -54,8 +54,8 @@ def test_exported_tscd_scheduler_runs_exactly_the_trained_edges(k):
 def test_shipped_tscd_configs_export_schedulers_that_run_their_trained_edges(config):
     from pathlib import Path
 
-    from distill.config import load_config
-    from distill.methods import REGISTRY
+    from fewstep.distill.run_config import load_config
+    from fewstep.distill.methods.registry import REGISTRY
 
     cfg = load_config(Path(__file__).resolve().parents[1] / config)
     method = REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
@@ -75,8 +75,8 @@ def test_consistency_timesteps_rejects_more_steps_than_grid():
 
 @pytest.mark.parametrize("replay", [0.0, 0.5])
 def test_tscd_replay_draws_segment_ends_of_earlier_stages(replay):
-    from distill.config import StudentConfig
-    from distill.methods.tscd import TSCDConfig, TSCDMethod, Stage
+    from fewstep.distill.config import StudentConfig
+    from fewstep.distill.methods.tscd import TSCDConfig, TSCDMethod, Stage
 
     method = TSCDMethod(TSCDConfig(stages=[Stage(8, 10), Stage(4, 10), Stage(2, 10)], replay=replay),
                         StudentConfig(kind="lora"))
@@ -91,8 +91,8 @@ def test_tscd_replay_draws_segment_ends_of_earlier_stages(replay):
 
 
 def test_tscd_replay_must_be_a_probability():
-    from distill.config import StudentConfig
-    from distill.methods.tscd import TSCDConfig, TSCDMethod
+    from fewstep.distill.config import StudentConfig
+    from fewstep.distill.methods.tscd import TSCDConfig, TSCDMethod
 
     with pytest.raises(ValueError, match="method.replay"):
         TSCDMethod(TSCDConfig(replay=1.5), StudentConfig(kind="lora"))

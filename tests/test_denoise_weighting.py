@@ -1,8 +1,8 @@
 """The teacher-training loss weighting: 'snr+1' on an eps network is exactly the v loss."""
 import torch
 
-from distill import schedules
-from distill.methods.denoise import snr_weight
+from fewstep.distill import schedules
+from fewstep.distill.methods.denoise import snr_weight
 
 
 def test_snr_plus_one_on_eps_equals_v_loss_and_native_is_one():

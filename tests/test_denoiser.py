@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from distill import schedules
-from distill.denoiser import Denoiser
-from pipelines.tiny import build_tiny_pipeline
+from fewstep.distill import schedules
+from fewstep.distill.denoiser import Denoiser
+from fewstep.pipelines.tiny import build_tiny_pipeline
 
 
 @pytest.fixture(params=["epsilon", "v_prediction"])
@@ -49,7 +49,7 @@ def test_batched_cfg_equals_two_forwards(denoiser):
 @pytest.mark.parametrize("init", ["zeros", "default"])
 def test_guidance_embedding_init(small_arch, init):
     """'zeros': the student starts as the teacher for every w; 'default': w is live from step 0."""
-    from distill.students import guidance_embedding, with_guidance_embedding
+    from fewstep.distill.students import guidance_embedding, with_guidance_embedding
 
     unet = build_tiny_pipeline(small_arch).unet.eval()
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ from tests.conftest import run_dict
 def torchrun(*args, cwd):
     torchrun_bin = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun_bin) if torchrun_bin.exists() else shutil.which("torchrun"), "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "distill.cli", *args]
+           "--master_port", "29517", "-m", "fewstep.pipelines.cli", *args]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
 

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from distill.data.procedural import ProceduralDataset, all_captions
-from eval import clip as C
-from eval.tiny_clip import distinct_caption_gallery, normalise
+from fewstep.distill.data.procedural import ProceduralDataset, all_captions
+from fewstep.eval import clip as C
+from fewstep.eval.tiny_clip import distinct_caption_gallery, normalise
 
 
 @pytest.fixture(scope="module")

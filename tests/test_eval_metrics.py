@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from distill.data.procedural import ProceduralDataset
-from eval import metrics as M
-from eval.images import uint8_batches
+from fewstep.distill.data.procedural import ProceduralDataset
+from fewstep.eval import metrics as M
+from fewstep.eval.images import uint8_batches
 
 N = 384  # images per set: > 128 feature dims, so covariances are full rank
 

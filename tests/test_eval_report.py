@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval import report as R
-from eval.latency import measure_latency, speedup
+from fewstep.eval import report as R
+from fewstep.eval.latency import measure_latency, speedup
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ACC = {"color": 0.9, "shape": 0.8, "background": 1.0, "size": 0.95, "position": 0.85, "all": 0.6, "mean": 0.9}

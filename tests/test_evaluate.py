@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.config import ConfigError, EvalConfig, parse_config
-from distill.sampling import Recipe
+from fewstep.distill.config import ConfigError, EvalConfig
+from fewstep.distill.run_config import parse_config
+from fewstep.distill.sampling import Recipe
 from tests.conftest import SMALL_ARCH, run_dict
 
 TRAINED = [1, 2]  # the step counts the test LoRA claims to be trained for
@@ -19,7 +20,7 @@ EMBEDDED_CLIP = os.path.join(os.path.dirname(__file__), "..", "assets", "tiny-cl
 
 
 def fewstep(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "fewstep.pipelines.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
@@ -35,10 +36,10 @@ def models(tmp_path_factory):
     """A fresh very small pipeline (the "teacher") and a LoRA export on it, trained for 1 and 2 steps."""
     from peft import LoraConfig
 
-    from distill.config import TinyArch
-    from pipelines.export import export_lora
-    from pipelines.teacher import load_pipeline
-    from pipelines.tiny import build_tiny_pipeline
+    from fewstep.distill.config import TinyArch
+    from fewstep.pipelines.export import export_lora
+    from fewstep.pipelines.teacher import load_pipeline
+    from fewstep.pipelines.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("models")
     base = root / "base"
@@ -84,7 +85,7 @@ def test_sweep_writes_consistent_report(models, tmp_path):
     assert one["fid"] != two["fid"]  # different samples, same reference
 
     # One prompt list and one seed rule for every row, recorded in the protocol.
-    from pipelines.evaluate import procedural_prompts
+    from fewstep.pipelines.evaluate import procedural_prompts
 
     prompts = (out / "prompts.txt").read_text().splitlines()
     assert prompts == procedural_prompts(n) and len(set(prompts)) > 1
@@ -129,8 +130,8 @@ def test_run_dir_resolves_export_lora_and_teacher(models, tmp_path):
 
     import yaml
 
-    from pipelines.evaluate import SweepSpec, check_entries
-    from pipelines.eval_entries import EvalError, run_entries
+    from fewstep.pipelines.evaluate import SweepSpec, check_entries
+    from fewstep.pipelines.eval_entries import EvalError, run_entries
 
     base, lora = models
     run = tmp_path / "runs" / "r"
@@ -160,7 +161,7 @@ def test_train_ends_with_eval_report(tmp_path, monkeypatch, capsys):
     """eval.enabled: fewstep train exports, then evaluates the export (a teacher run: alone, DDIM)."""
     import yaml
 
-    from distill.cli import main
+    from fewstep.pipelines.cli import main
 
     monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path / "cache"))
     raw = run_dict(tmp_path, steps=2, checkpoint_every=0)

@@ -8,14 +8,14 @@ import textwrap
 import pytest
 import torch
 
-from distill.config import parse_config
-from distill.loop import Trainer
-from distill.modelset import unwrap
-from distill.sampling import consistency_sample
-from distill.students import guidance_embedding
-from pipelines.export import export_run
-from pipelines.teacher import load_pipeline
-from pipelines.tiny import build_tiny_pipeline
+from fewstep.distill.run_config import parse_config
+from fewstep.distill.loop import Trainer
+from fewstep.distill.modelset import unwrap
+from fewstep.distill.sampling import consistency_sample
+from fewstep.distill.students import guidance_embedding
+from fewstep.pipelines.export import export_run
+from fewstep.pipelines.teacher import load_pipeline
+from fewstep.pipelines.tiny import build_tiny_pipeline
 from tests.conftest import SMALL_ARCH, run_dict
 
 PROMPTS = ["a large red circle on the left, gray background", "a small blue cross on the right, white background"]
@@ -51,7 +51,7 @@ PLAIN = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    from distill.config import TinyArch
+    from fewstep.distill.config import TinyArch
 
     path = tmp_path_factory.mktemp("base") / "tiny"
     build_tiny_pipeline(TinyArch(**SMALL_ARCH), seed=3).save_pretrained(path)
@@ -81,7 +81,7 @@ def fewstep_latents(trainer, recipe, steps, guidance):
     shape = (len(PROMPTS), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     latents = randn_tensor(shape, generator=gens, dtype=torch.float32)
     rule = "lcm" if recipe.scheduler == "LCMScheduler" else "tcd"
-    from distill import schedules
+    from fewstep.distill import schedules
 
     timesteps = schedules.consistency_timesteps(steps, recipe.scheduler_kwargs["original_inference_steps"])
     w_emb = None

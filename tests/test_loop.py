@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from distill.config import parse_config
-from distill.loop import Trainer, list_checkpoints
-from pipelines.tiny import build_tiny_pipeline
+from fewstep.distill.run_config import parse_config
+from fewstep.distill.loop import Trainer, list_checkpoints
+from fewstep.pipelines.tiny import build_tiny_pipeline
 from tests.conftest import run_dict
 
 

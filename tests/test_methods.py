@@ -2,10 +2,10 @@
 a finite loss per phase, gradients only in ``trainable()``, and determinism under a seed."""
 import torch
 
-from distill.config import parse_config
-from distill.data import build_dataset, collate
-from distill.methods import REGISTRY
-from pipelines.tiny import build_tiny_pipeline
+from fewstep.distill.run_config import parse_config
+from fewstep.distill.data import build_dataset, collate
+from fewstep.distill.methods.registry import REGISTRY
+from fewstep.pipelines.tiny import build_tiny_pipeline
 from tests.conftest import run_dict
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from distill.data.procedural import (ATTRIBUTES, BACKGROUNDS, ProceduralDataset, all_captions, caption, labels_from_caption,
+from fewstep.distill.data.procedural import (ATTRIBUTES, BACKGROUNDS, ProceduralDataset, all_captions, caption, labels_from_caption,
                                      render, sample_scene, vocabulary)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler
 
-from distill import schedules as S
+from fewstep.distill import schedules as S
 
 T = 1000
 SD15 = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")

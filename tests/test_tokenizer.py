@@ -11,8 +11,8 @@ import textwrap
 import pytest
 from transformers import CLIPTokenizer
 
-from distill.data.procedural import all_captions, vocabulary
-from pipelines.tokenizer import build_clip_tokenizer, save_clip_tokenizer
+from fewstep.distill.data.procedural import all_captions, vocabulary
+from fewstep.pipelines.tokenizer import build_clip_tokenizer, save_clip_tokenizer
 
 WORDS = vocabulary() + [","]
 MAX_LEN = 16

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from distill.config import ConfigError, DataConfig
-from distill.data.imagefolder import ImageFolderDataset
-from distill.data.procedural import ProceduralDataset
+from fewstep.distill.config import ConfigError, DataConfig
+from fewstep.distill.data.imagefolder import ImageFolderDataset
+from fewstep.distill.data.procedural import ProceduralDataset
 
 
 def build_dataset(cfg: DataConfig, seed: int | None = None) -> torch.utils.data.Dataset:

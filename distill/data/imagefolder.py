@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from distill.config import ConfigError
+from fewstep.distill.config import ConfigError
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):

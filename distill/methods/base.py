@@ -10,9 +10,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from distill.config import StudentConfig
-from distill.modelset import ModelSet, unwrap
-from distill.sampling import Recipe, apply_recipe, generate  # noqa: F401 (Recipe re-exported)
+from fewstep.distill.config import StudentConfig
+from fewstep.distill.modelset import ModelSet, unwrap
+from fewstep.distill.sampling import Recipe, apply_recipe, generate  # noqa: F401 (Recipe re-exported)
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Method:
     phases: ClassVar[tuple[str, ...]] = ("student",)
 
     def __init__(self, config, student: StudentConfig | None = None):
+        config.check()
         self.config = config
         self.student_config = student or StudentConfig()
 

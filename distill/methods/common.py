@@ -5,10 +5,10 @@ from typing import NamedTuple
 
 import torch
 
-from distill import schedules
-from distill.denoiser import Prediction
-from distill.modelset import ModelSet, unwrap
-from distill.students import base_weights
+from fewstep.distill import schedules
+from fewstep.distill.denoiser import Prediction
+from fewstep.distill.modelset import ModelSet, unwrap
+from fewstep.distill.students import base_weights
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:

@@ -12,20 +12,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from distill import schedules
-from distill.denoiser import Denoiser
-from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
-from distill.modelset import ModelSet, unwrap
-
-
-@dataclass
-class DenoiseConfig:
-    caption_dropout: float = 0.1  # fraction of captions replaced by "" (unconditional training)
-    train_text_encoder: bool = True  # a fresh teacher learns its text encoder jointly
-    ema_decay: float = 0.0  # > 0: keep and export an EMA of the trained weights
-    weighting: Literal["native", "snr", "snr+1"] = "native"  # loss weight per timestep, see snr_weight
-    sample_steps: int = 25  # recipe of the exported teacher
-    sample_guidance: float = 3.0
+from fewstep.distill import schedules
+from fewstep.distill.denoiser import Denoiser
+from fewstep.distill.methods.settings import DenoiseConfig
+from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
+from fewstep.distill.modelset import ModelSet, unwrap
 
 
 def snr_weight(weighting: str, prediction_type: str, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -18,27 +18,12 @@ from typing import Literal
 
 import torch
 
-from distill import schedules
-from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
-from distill.modelset import ModelSet, unwrap
-from distill.methods.common import distance, grid_batch, guided_teacher, noised
-from distill.students import build_students, guidance_embedding
-
-
-@dataclass
-class LCMConfig:
-    num_ddim_timesteps: int = 50  # N of the teacher's DDIM skip grid; the exported scheduler uses it too
-    w_min: float = 3.0  # teacher guidance in LCM form cond + w (cond - uncond), w ~ U[w_min, w_max]
-    w_max: float = 15.0
-    loss: Literal["huber", "l2"] = "huber"
-    huber_c: float = 0.001  # pseudo-Huber sqrt(d^2 + c^2) - c
-    timestep_scaling: float = 10.0  # as LCMScheduler
-    sigma_data: float = 0.5
-    target_ema: float = 0.95  # full students: EMA decay of the target network
-    w_embedding_dim: int = 256  # full students: time_cond_proj_dim of the guidance embedding
-    w_embedding_init: Literal["zeros", "default"] = "zeros"  # its projection: zeros, or PyTorch's Linear init
-    sample_steps: int = 4  # recipe of the export
-    sample_guidance: float = 8.0  # full students only (w = guidance - 1 is embedded); LoRA students use 1
+from fewstep.distill import schedules
+from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
+from fewstep.distill.modelset import ModelSet, unwrap
+from fewstep.distill.methods.common import distance, grid_batch, guided_teacher, noised
+from fewstep.distill.methods.settings import LCMConfig
+from fewstep.distill.students import build_students, guidance_embedding
 
 
 class LCMMethod(Method):

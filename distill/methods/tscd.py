@@ -22,48 +22,17 @@ from typing import Literal
 
 import torch
 
-from distill import schedules
-from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
-from distill.methods.common import distance, grid_batch, guided_teacher, noised
-from distill.modelset import ModelSet, unwrap
-from distill.students import build_students
-
-
-@dataclass
-class Stage:
-    segments: int  # K: the trajectory is split into K segments (K-step sampling)
-    steps: int  # optimizer steps spent in this stage
-
-
-@dataclass
-class TSCDConfig:
-    stages: list[Stage] = field(default_factory=lambda: [Stage(8, 500), Stage(4, 500), Stage(2, 500), Stage(1, 500)])
-    num_ddim_timesteps: int = 50  # N of the teacher's DDIM skip grid
-    w_min: float = 2.0  # teacher CFG in LCM form, w ~ U[w_min, w_max] (standard scale 1 + w)
-    w_max: float = 2.0
-    loss: Literal["huber", "l2"] = "huber"
-    huber_c: float = 0.001
-    target_ema: float = 0.0  # full students: EMA target decay (0: online student under no_grad)
-    start: Literal["data", "teacher"] = "data"  # z_t from noised data, or from the teacher's trajectory (MLCM)
-    # Replay: the probability that a sample takes its K from an earlier stage (uniformly) instead of
-    # the current one, so the last (1-segment) stage does not overwrite what the 8/4/2-segment
-    # stages taught. 0 = Hyper-SD's strictly sequential stages; fewstep's tiny config uses 0.3.
-    replay: float = 0.0
-    sample_steps: int = 4  # default steps of the exported recipe
+from fewstep.distill import schedules
+from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
+from fewstep.distill.methods.common import distance, grid_batch, guided_teacher, noised
+from fewstep.distill.modelset import ModelSet, unwrap
+from fewstep.distill.methods.settings import Stage, TSCDConfig
+from fewstep.distill.students import build_students
 
 
 class TSCDMethod(Method):
     Config = TSCDConfig
     phases = ("student",)
-
-    def __init__(self, config, student=None):
-        super().__init__(config, student)
-        for st in config.stages:
-            if not 1 <= st.segments <= config.num_ddim_timesteps:
-                raise ValueError(f"method.stages: {st.segments} segments need 1..method.num_ddim_timesteps "
-                                 f"({config.num_ddim_timesteps}) skip-grid points")
-        if not 0.0 <= config.replay <= 1.0:
-            raise ValueError(f"method.replay must be a probability in [0, 1], got {config.replay}")
 
     @property
     def lora(self) -> bool:

@@ -13,18 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.methods.base import LossOutput, Method, Recipe, pipeline_with
-from distill.modelset import ModelSet, unwrap
-
-
-@dataclass
-class VaeConfig:
-    kl_weight: float = 1e-6
-    l1_weight: float = 1.0
-    mse_weight: float = 1.0
-    stats_momentum: float = 0.99  # running estimate of the latent variance
-    edge_weight: float = 10.0  # extra loss weight near edges (0: plain mean); see edge_weights
-    edge_threshold: float = 0.1  # summed |RGB difference| (pixels in [-1, 1]) that marks an edge
+from fewstep.distill.methods.settings import VaeConfig
+from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
+from fewstep.distill.modelset import ModelSet, unwrap
 
 
 def edge_weights(x: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:

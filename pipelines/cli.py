@@ -11,6 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from fewstep.distill.config import ConfigError
+from fewstep.eval.errors import ClipError, MetricsError
+from fewstep.pipelines.errors import EvalError, LoraBaseError, TeacherError, UserError
+
 EPILOG = """examples:
   fewstep train configs/tiny/teacher.yaml --set train.steps=200
   fewstep train configs/tiny/teacher.yaml --resume latest
@@ -20,10 +24,6 @@ EPILOG = """examples:
   fewstep build-classifier --out assets/classifier
   fewstep build-tiny-clip --out assets/tiny-clip
 """
-
-
-class UserError(Exception):
-    """Raised for problems the user can fix; printed as one line."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,8 +110,8 @@ def _eval_parser(sub) -> None:
 
 
 def _load_pipeline_for(cfg):
-    from pipelines.teacher import load_pipeline
-    from pipelines.tiny import build_tiny_pipeline
+    from fewstep.pipelines.teacher import load_pipeline
+    from fewstep.pipelines.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(cfg.model.tiny, cfg.train.seed) if cfg.model.tiny else load_pipeline(cfg.model.pretrained)
     if cfg.model.prediction_type:
@@ -121,10 +121,11 @@ def _load_pipeline_for(cfg):
 
 
 def cmd_train(args) -> int:
-    from distill.config import load_config
-    from distill.loop import Trainer, list_checkpoints
+    from fewstep.distill.run_config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # before anything heavy is imported: errors come fast
+    from fewstep.distill.loop import Trainer, list_checkpoints
+
     resume = None
     if args.resume:
         if args.resume == "latest":
@@ -144,7 +145,7 @@ def cmd_train(args) -> int:
         print(f"fewstep: resumed from {resume} at step {trainer.step}", file=sys.stderr)
     models = trainer.train()
     if not args.no_export and trainer.acc.is_main_process:
-        from pipelines.export import export_run
+        from fewstep.pipelines.export import export_run
 
         out = export_run(trainer.method, models, cfg, cfg.run_dir / "export",
                          grid_prompts=trainer.val_batch["captions"])
@@ -153,7 +154,7 @@ def cmd_train(args) -> int:
         if args.no_export:
             print("fewstep: eval.enabled but --no-export: nothing to evaluate", file=sys.stderr)
             return 0
-        from pipelines.evaluate import evaluate_run
+        from fewstep.pipelines.evaluate import evaluate_run
 
         del trainer, models, pipe  # the sweep loads the export afresh
         paths = evaluate_run(cfg.run_dir, device=_device("auto"))
@@ -162,9 +163,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from distill.config import load_config
-    from distill.loop import Trainer, list_checkpoints
-    from pipelines.export import export_run
+    from fewstep.distill.run_config import load_config
+    from fewstep.distill.loop import Trainer, list_checkpoints
+    from fewstep.pipelines.export import export_run
 
     run = Path(args.run_dir)
     if not (run / "config.yaml").is_file():
@@ -184,8 +185,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from distill.sampling import Recipe, apply_recipe, generate, save_grid
-    from pipelines.teacher import load_pipeline, resolve
+    from fewstep.distill.sampling import Recipe, apply_recipe, generate, save_grid
+    from fewstep.pipelines.teacher import load_pipeline, resolve
 
     pipe = load_pipeline(args.pipeline)
     recipe_file = Path(resolve(args.pipeline)) / "fewstep_recipe.json"
@@ -195,7 +196,7 @@ def cmd_sample(args) -> int:
         lora = Path(args.lora)
         if not (lora / "pytorch_lora_weights.safetensors").is_file():
             raise UserError(f"--lora {lora}: pytorch_lora_weights.safetensors not found")
-        from pipelines.export import check_lora_base
+        from fewstep.pipelines.export import check_lora_base
 
         check_lora_base(lora, pipe.unet)
         pipe.load_lora_weights(str(lora))
@@ -238,8 +239,8 @@ def _device(name: str) -> str:
 def cmd_eval(args) -> int:
     import dataclasses
 
-    from distill.config import EvalConfig
-    from pipelines import evaluate as ev
+    from fewstep.distill.config import EvalConfig
+    from fewstep.pipelines import evaluate as ev
 
     flags = {"steps": _int_list("--steps", args.steps),
              "teacher_steps": _int_list("--teacher-steps", args.teacher_steps), "num_images": args.num_images,
@@ -290,7 +291,7 @@ def _procedural_slice(seed: int, start: int, n: int, key: str):
     """uint8 images [n, 3, 32, 32] and the items' ``key`` (labels stacked, captions as a list)."""
     import torch
 
-    from distill.data.procedural import ProceduralDataset
+    from fewstep.distill.data.procedural import ProceduralDataset
 
     items = [ProceduralDataset(seed)[i] for i in range(start, start + n)]
     values = [it[key] for it in items]
@@ -298,8 +299,8 @@ def _procedural_slice(seed: int, start: int, n: int, key: str):
 
 
 def cmd_build_classifier(args) -> int:
-    from distill.data.procedural import ATTRIBUTES
-    from eval.classifier import rendered_batches, train_from_config
+    from fewstep.distill.data.procedural import ATTRIBUTES
+    from fewstep.eval.classifier import rendered_batches, train_from_config
 
     cfg = _yaml_file(args.config)
     render = (lambda seed, start, n: _procedural_slice(seed, start, n, "labels"))
@@ -311,9 +312,9 @@ def cmd_build_classifier(args) -> int:
 
 
 def cmd_build_tiny_clip(args) -> int:
-    from distill.data.procedural import ProceduralDataset, all_captions
-    from eval.classifier import rendered_batches
-    from eval.tiny_clip import distinct_caption_gallery, train_from_config
+    from fewstep.distill.data.procedural import ProceduralDataset, all_captions
+    from fewstep.eval.classifier import rendered_batches
+    from fewstep.eval.tiny_clip import distinct_caption_gallery, train_from_config
 
     cfg = _yaml_file(args.config)
     render = (lambda seed, start, n: _procedural_slice(seed, start, n, "caption"))
@@ -330,13 +331,6 @@ COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "eva
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = _parser().parse_args(argv)
-    from distill.config import ConfigError
-    from eval.clip import ClipError
-    from eval.features import MetricsError  # MissingWeightsError is one
-    from pipelines.eval_entries import EvalError
-    from pipelines.export import LoraBaseError
-    from pipelines.teacher import TeacherError
-
     try:
         return COMMANDS[args.command](args)
     except (UserError, ConfigError, TeacherError, LoraBaseError, EvalError, MetricsError, ClipError) as e:

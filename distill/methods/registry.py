@@ -1,0 +1,18 @@
+"""Registry of training methods: config name -> Method class (a plain dict, no import strings).
+
+Importing this builds every method (torch, diffusers); the settings alone are in ``settings``.
+"""
+from fewstep.distill.methods.base import Method
+from fewstep.distill.methods.denoise import DenoiseMethod
+from fewstep.distill.methods.lcm import LCMMethod
+from fewstep.distill.methods.settings import CONFIGS
+from fewstep.distill.methods.tscd import TSCDMethod
+from fewstep.distill.methods.vae import VaeMethod
+
+REGISTRY: dict[str, type[Method]] = {
+    "denoise": DenoiseMethod,
+    "lcm": LCMMethod,
+    "tscd": TSCDMethod,
+    "vae": VaeMethod,
+}
+assert all(REGISTRY[k].Config is CONFIGS[k] for k in CONFIGS) and set(REGISTRY) == set(CONFIGS)

@@ -1,0 +1,48 @@
+"""Reading a run config: the typed sections of ``config`` plus the method section, typed by the
+registered method's own config class. It sits above both ``config`` and ``methods`` (methods import
+config), so no import circle is needed to close.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from fewstep.distill.config import ConfigError, MethodSpec, RunConfig, apply_override, from_dict
+from fewstep.distill.methods.settings import CONFIGS
+
+
+def parse_config(data: dict) -> RunConfig:
+    """Type a raw config mapping, resolving the method section through the registry."""
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping at top level")
+    data = dict(data)
+    method_raw = data.pop("method", None)
+    if not isinstance(method_raw, dict) or "name" not in method_raw:
+        raise ConfigError(f"missing 'method.name'; available methods: {', '.join(sorted(CONFIGS))}")
+    method_raw = dict(method_raw)
+    name = method_raw.pop("name")
+    if name not in CONFIGS:
+        raise ConfigError(f"method.name: unknown method {name!r}; available: {', '.join(sorted(CONFIGS))}")
+    method_cfg = from_dict(CONFIGS[name], method_raw, "method")
+    data["method"] = {"name": name, "config": None}
+    cfg = from_dict(RunConfig, data)
+    cfg.method = MethodSpec(name, method_cfg)
+    if cfg.model.pretrained is None and cfg.model.tiny is None:
+        raise ConfigError("model: set model.pretrained (a diffusers pipeline) or model.tiny (a fresh tiny pipeline)")
+    method_cfg.check()
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config file, apply ``--set`` overrides, and type it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    for o in overrides:
+        apply_override(data, o)
+    return parse_config(data)
