@@ -16,6 +16,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from fewstep.distill.files import atomic_write
+
 
 class ConfigError(ValueError):
     """A config problem the user can fix; the message names the key or file."""
@@ -66,20 +68,42 @@ class DataConfig:
     num_workers: int = 0
 
 
+LR_SCHEDULES = Literal["constant", "cosine", "linear"]
+
+
+@dataclass
+class PhaseConfig:
+    """Settings of one phase of a method (``train.phases.<phase name>``); unset ones come from the
+    method's own defaults for that phase, then from ``train.*``."""
+
+    lr: float | None = None
+    adam_beta1: float | None = None
+    adam_beta2: float | None = None
+    weight_decay: float | None = None
+    lr_schedule: LR_SCHEDULES | None = None
+    lr_warmup_steps: int | None = None  # in this phase's own optimizer steps
+    max_grad_norm: float | None = None  # 0 disables clipping
+    every: int | None = None  # the phase runs on iterations i with i % every == 0 (default 1)
+    repeats: int | None = None  # optimizer steps per iteration it runs on, e.g. 5 for a critic (TTUR; default 1)
+
+
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # optimizer steps (per phase cycle)
+    steps: int = 1000  # iterations; each runs every phase that is due (one optimizer step each by default)
     batch_size: int = 32  # per process, per micro-batch
     grad_accum: int = 1
     lr: float = 1e-4
-    phase_lr: dict[str, float] = field(default_factory=dict)  # per-phase overrides of lr
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    phase_lr: dict[str, float] = field(default_factory=dict)  # per-phase lr (older form of phases.<name>.lr)
+    phases: dict[str, PhaseConfig] = field(default_factory=dict)  # per-phase optimizer settings and update rate
+    lr_schedule: LR_SCHEDULES = "constant"
     lr_warmup_steps: int = 0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # also the dtype frozen networks are stored in
+    ddp_find_unused_parameters: bool = False  # DDP: needed when phases train different adapters of one UNet
+    ddp_static_graph: bool = False  # DDP: the same parameters are used in every iteration
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
@@ -226,8 +250,5 @@ def to_dict(cfg: RunConfig) -> dict:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    """Write the resolved config as YAML, atomically (a reader never sees half a config)."""
+    atomic_write(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

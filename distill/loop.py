@@ -1,14 +1,15 @@
 """The one training loop (accelerate). Nothing here knows any method.
 
-Per step, each of the method's phases runs ``grad_accum`` micro-batches through ``method.loss``,
-clips, steps its own optimizer and LR schedule; then EMA pairs are updated. Checkpoints are
-accelerate states written to a temporary folder and renamed, so a kill never leaves a checkpoint
-that ``--resume latest`` would pick up half-written.
+Each iteration runs the method's phases that are due (``distill.phases``), in declared order: a
+phase freezes every other phase's roles, runs ``grad_accum`` micro-batches through
+``method.loss`` (under the mixed-precision autocast), clips, steps its own optimizer and LR
+schedule, and passes its detached hand-over to the later phases. Then EMA pairs are updated.
+Checkpoints (``distill.checkpoints``) hold trainable state only and are written to a temporary
+folder and renamed, so a kill never leaves one that ``--resume latest`` would pick up half-written.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from contextlib import ExitStack
@@ -16,19 +17,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from diffusers.optimization import get_scheduler
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
-from fewstep.distill.config import RunConfig, save_config
+from fewstep.distill import checkpoints
+from fewstep.distill.config import ConfigError, RunConfig, TrainConfig, save_config
 from fewstep.distill.data import build_dataset, collate
+from fewstep.distill.files import atomic_dir
 from fewstep.distill.methods.base import Method
 from fewstep.distill.methods.registry import REGISTRY
 from fewstep.distill.modelset import ModelSet, ema_update
+from fewstep.distill.phases import PhasePlan, build_optimizer, freeze_all_but, plan_phases, select_data
 from fewstep.distill.sampling import save_grid
 
 CKPT_PREFIX = "checkpoint-"
+FROZEN_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class StreamSampler(torch.utils.data.Sampler):
@@ -56,7 +60,7 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for p in root.glob(f"{CKPT_PREFIX}*") if root.is_dir() else []:
         suffix = p.name[len(CKPT_PREFIX):]
-        if suffix.isdigit() and (p / "fewstep_state.json").is_file():
+        if suffix.isdigit() and (p / checkpoints.STATE_FILE).is_file():
             found.append((int(suffix), p))
     return sorted(found)
 
@@ -77,35 +81,44 @@ def use_xformers_if_available(models: ModelSet, device: torch.device) -> bool:
     return True
 
 
+def make_accelerator(tc: TrainConfig) -> Accelerator:
+    """Mixed precision and DDP settings from the config."""
+    handlers = []
+    if tc.ddp_find_unused_parameters or tc.ddp_static_graph:
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=tc.ddp_find_unused_parameters,
+                                                      static_graph=tc.ddp_static_graph))
+    return Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=handlers)
+
+
 class Trainer:
-    def __init__(self, cfg: RunConfig, pipe, accelerator: Accelerator | None = None):
+    def __init__(self, cfg: RunConfig, pipe, accelerator: Accelerator | None = None, method: Method | None = None):
         self.cfg, tc = cfg, cfg.train
         self.run_dir = cfg.run_dir
-        self.acc = accelerator or Accelerator(mixed_precision=tc.mixed_precision)
+        self.method: Method = method or REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
+        self.plans: list[PhasePlan] = plan_phases(self.method.phases(), tc)
+        self.acc = accelerator or make_accelerator(tc)
         set_seed(tc.seed, device_specific=True)
-        self.method: Method = REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
         self.models: ModelSet = self.method.build(pipe).to(self.acc.device)
         use_xformers_if_available(self.models, self.acc.device)
-        names = sorted({n for ph in self.method.phases for n in self.method.trainable(self.models, ph)})
-        self.opts, self.scheds = {}, {}
-        for ph in self.method.phases:
-            params = [p for n in self.method.trainable(self.models, ph) for p in self.models[n].parameters()
-                      if p.requires_grad]
-            lr = tc.phase_lr.get(ph, tc.lr)
-            self.opts[ph] = torch.optim.AdamW(params, lr=lr, betas=(tc.adam_beta1, tc.adam_beta2),
-                                              weight_decay=tc.weight_decay)
-            self.scheds[ph] = get_scheduler(tc.lr_schedule, self.opts[ph], num_warmup_steps=tc.lr_warmup_steps,
-                                            num_training_steps=tc.steps)
-        prepared = self.acc.prepare(*[self.models[n] for n in names], *self.opts.values(), *self.scheds.values())
+        named = {r: self.models.trainable_parameters(r) for p in self.plans for r in p.phase.modules}
+        self.params = {p.name: [q for r in p.phase.modules for _, q in named[r]] for p in self.plans}
+        self.trained = checkpoints.trained_names(self.models, named)
+        self._check_ddp_settings()
+        if tc.mixed_precision in FROZEN_DTYPES:
+            self.models.cast_frozen(FROZEN_DTYPES[tc.mixed_precision], {id(q) for ps in self.params.values() for q in ps})
+        names = sorted(self.trained)
+        built = [build_optimizer(self.params[p.name], p, tc.steps) for p in self.plans]
+        prepared = self.acc.prepare(*[self.models.modules[n] for n in names], *[o for o, _ in built],
+                                    *[s for _, s in built])
         for n, m in zip(names, prepared):
-            self.models[n] = m
+            self.models.modules[n] = m
         k = len(names)
-        self.opts = dict(zip(self.opts, prepared[k:k + len(self.opts)]))
-        self.scheds = dict(zip(self.scheds, prepared[k + len(self.opts):]))
-        self.trained = names
-        for n in sorted(set(self.models.modules) - set(names)):  # EMA copies, statistics
-            if any(True for _ in self.models[n].state_dict()):
-                self.acc.register_for_checkpointing(self.models[n])
+        self.opts = {p.name: o for p, o in zip(self.plans, prepared[k:k + len(built)])}
+        self.scheds = {p.name: s for p, s in zip(self.plans, prepared[k + len(built):])}
+        self.phase_modules = {p.name: sorted({self.models.module_of(r) for r in p.phase.modules}) for p in self.plans}
+        # Module weights are written by distill.checkpoints (lean, safetensors), not by accelerate.
+        self.acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
+        self.acc.register_load_state_pre_hook(lambda models, inp: models.clear())
         dataset = build_dataset(cfg.data)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=tc.batch_size, sampler=StreamSampler(len(dataset), cfg.data.source != "procedural",
@@ -116,7 +129,20 @@ class Trainer:
             generator=torch.Generator().manual_seed(tc.seed))
         self.loader = self.acc.prepare(self.loader)
         self.val_batch = self._validation_batch()
-        self.step = 0
+        self.step = 0  # iterations done
+        self.phase_steps = {p.name: 0 for p in self.plans}  # optimizer steps each phase has taken
+        self.drawn = 0  # data batches consumed (resume skips exactly these)
+
+    def _check_ddp_settings(self) -> None:
+        """Phases that train different parameters of one module need DDP to find unused ones."""
+        if self.acc.num_processes == 1 or self.cfg.train.ddp_find_unused_parameters:
+            return
+        for module in self.trained:
+            sets = {frozenset(id(q) for r in p.phase.modules if self.models.module_of(r) == module
+                              for _, q in self.models.trainable_parameters(r)) for p in self.plans}
+            if len(sets - {frozenset()}) > 1:
+                raise ConfigError(f"train.ddp_find_unused_parameters: phases train different parts of module "
+                                  f"{module!r}; set it to true for multi-process training")
 
     def _validation_batch(self) -> dict:
         v = self.cfg.validation
@@ -132,16 +158,19 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         root = self.run_dir / "checkpoints"
         final = root / f"{CKPT_PREFIX}{self.step}"
-        tmp = root / f".tmp-{CKPT_PREFIX}{self.step}"
-        if self.acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp))
+        with ExitStack() as stack:
+            tmp = None
+            if self.acc.is_main_process:
+                for stale in root.glob(f".tmp-{CKPT_PREFIX}*"):  # left by a killed save
+                    shutil.rmtree(stale, ignore_errors=True)
+                tmp = str(stack.enter_context(atomic_dir(final)))
+            tmp = Path(broadcast_object_list([tmp])[0])
+            self.acc.save_state(str(tmp))  # optimizers, LR schedulers, RNG of every process
+            if self.acc.is_main_process:
+                counters = {"step": self.step, "phase_steps": self.phase_steps, "batches_drawn": self.drawn}
+                checkpoints.write_state(tmp, checkpoints.module_states(self.models, self.trained), counters)
+            self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            (tmp / "fewstep_state.json").write_text(json.dumps({"step": self.step}))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
             done = list_checkpoints(self.run_dir)
             for _, old in done[:max(0, len(done) - self.cfg.train.checkpoints_total_limit)]:
                 shutil.rmtree(old)
@@ -149,8 +178,14 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
+        state = checkpoints.read_state(path)
+        if set(state["phase_steps"]) != set(self.phase_steps):
+            raise checkpoints.CheckpointError(f"{path}: written for phases {sorted(state['phase_steps'])}, "
+                                              f"this method has {sorted(self.phase_steps)}")
+        checkpoints.load_weights(path, state, self.models, self.trained)
         self.acc.load_state(str(path))
-        self.step = json.loads((path / "fewstep_state.json").read_text())["step"]
+        self.step, self.drawn = state["step"], state["batches_drawn"]
+        self.phase_steps = dict(state["phase_steps"])
 
     # ---- training ----------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
@@ -161,53 +196,69 @@ class Trainer:
     def validate(self) -> None:
         if not self.acc.is_main_process:
             return
-        with torch.no_grad():
+        with torch.no_grad(), self.acc.autocast():
             images = self.method.preview(self.models, self.val_batch, self.cfg.validation.seed)
         save_grid(images, self.run_dir / "samples" / f"step-{self.step:06d}.png")
 
-    def _phase_step(self, phase: str, batches) -> dict:
-        tc, opt = self.cfg.train, self.opts[phase]
+    def _draw(self, batches) -> dict:
+        self.drawn += 1
+        return next(batches)
+
+    def _phase_step(self, plan: PhasePlan, batches, handover: dict) -> dict:
+        """One optimizer step of ``plan``'s phase; adds its hand-over to ``handover``."""
+        tc, opt, name = self.cfg.train, self.opts[plan.name], plan.name
+        freeze_all_but(self.params, name)
+        self.models.active = frozenset(plan.phase.modules)
+        modules = [self.models.modules[n] for n in self.phase_modules[name]]
+        given = dict(handover)  # what earlier phases of this iteration handed over
         opt.zero_grad(set_to_none=True)
-        modules = [self.models[n] for n in self.method.trainable(self.models, phase)]
         total, logs = 0.0, {}
         for i in range(tc.grad_accum):
-            batch = next(batches)
+            batch = {**select_data(plan.phase.data, lambda: self._draw(batches)), "handover": given}
             with ExitStack() as stack:
                 if i < tc.grad_accum - 1:  # no gradient all-reduce until the last micro-batch
                     for m in modules:
                         stack.enter_context(self.acc.no_sync(m))
-                out = self.method.loss(self.models, batch, phase, self.step)
+                with self.acc.autocast():
+                    out = self.method.loss(self.models, batch, name, self.step)
                 if not torch.isfinite(out.loss):
-                    raise FloatingPointError(f"{phase} loss is {out.loss.item()} at step {self.step}")
+                    raise FloatingPointError(f"{name} loss is {out.loss.item()} at step {self.step}")
                 self.acc.backward(out.loss / tc.grad_accum)
             total += out.loss.item() / tc.grad_accum
             logs = out.logs
-        if tc.max_grad_norm > 0:
-            self.acc.clip_grad_norm_([p for m in modules for p in m.parameters()], tc.max_grad_norm)
+            handover.update({k: v.detach() for k, v in out.handover.items()})
+        if plan.max_grad_norm > 0:
+            self.acc.clip_grad_norm_(self.params[name], plan.max_grad_norm)
         opt.step()
-        self.scheds[phase].step()
-        return {f"{phase}/loss": total, f"{phase}/lr": self.scheds[phase].get_last_lr()[0],
-                **{f"{phase}/{k}": v for k, v in logs.items()}}
+        self.scheds[name].step()
+        opt.zero_grad(set_to_none=True)  # no stale gradients held while other phases run
+        self.models.active = frozenset()
+        self.phase_steps[name] += 1
+        return {f"{name}/loss": total, f"{name}/lr": self.scheds[name].get_last_lr()[0],
+                **{f"{name}/{k}": v for k, v in logs.items()}}
 
     def train(self) -> ModelSet:
         tc = self.cfg.train
         if self.acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
-        loader = self.acc.skip_first_batches(self.loader, self.step * tc.grad_accum * len(self.method.phases)) \
-            if self.step else self.loader
-        batches = iter(loader)
+        batches = iter(self.acc.skip_first_batches(self.loader, self.drawn) if self.drawn else self.loader)
         bar = tqdm(total=tc.steps, initial=self.step, desc=self.cfg.name, disable=not self.acc.is_main_process)
+        latest = {}  # each phase's most recent logs
         t0 = time.perf_counter()
         while self.step < tc.steps:
-            record = {}
-            for phase in self.method.phases:
-                record.update(self._phase_step(phase, batches))
+            handover = {}
+            for plan in self.plans:
+                if plan.due(self.step):
+                    for _ in range(plan.repeats):
+                        latest[plan.name] = self._phase_step(plan, batches, handover)
+            freeze_all_but(self.params, None)
             for target, source, decay in self.models.ema:
-                ema_update(self.models[target], self.models[source], decay)
+                ema_update(self.models.modules[target], self.models.modules[source], decay)
             self.step += 1
             bar.update(1)
             if self.step % tc.log_every == 0 or self.step == tc.steps:
+                record = {k: v for p in self.plans for k, v in latest.get(p.name, {}).items()}
                 record["step"] = self.step
                 record["sec_per_step"] = (time.perf_counter() - t0) / tc.log_every
                 t0 = time.perf_counter()

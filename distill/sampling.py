@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import io
 import math
-import os
 from pathlib import Path
 
 import diffusers
 import numpy as np
 import torch
 from PIL import Image
+
+from fewstep.distill.files import atomic_write
 
 
 @dataclass
@@ -67,51 +69,6 @@ def save_grid(images: np.ndarray, path: Path, ncol: int = 8) -> None:
     for i, img in enumerate(images):
         r, c = divmod(i, ncol)
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-@torch.no_grad()
-def consistency_sample(denoiser, cond: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor, *,
-                       rule: str, generator=None, timestep_cond: torch.Tensor | None = None,
-                       sigma_data: float = 0.5, timestep_scaling: float = 10.0) -> torch.Tensor:
-    """fewstep's own few-step sampler, written from the schedule math (not from diffusers' schedulers).
-
-    rule="lcm" (multistep consistency sampling, Song et al. 2023 Alg. 1 with LCM's scalings):
-        x0_f = c_skip(t) x + c_out(t) x0(x, t); re-noise to the next timestep with fresh noise.
-    rule="tcd" (eta 0, i.e. deterministic DDIM jumps between segment edges, ending at timestep 0):
-        x <- alpha(prev) x0 + sigma(prev) eps.
-    Fresh noise is drawn with diffusers' ``randn_tensor`` from ``generator`` so that, for the same
-    seeds, the result can be compared with a stock pipeline number for number.
-
-    Returns the final latents (what a pipeline with ``output_type='latent'`` returns).
-    """
-    from diffusers.utils.torch_utils import randn_tensor
-
-    from fewstep.distill import schedules
-
-    abar = denoiser.alphas_cumprod
-    x = latents
-    n = len(timesteps)
-    for i, t in enumerate(timesteps.tolist()):
-        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        pred = denoiser(x, tt, cond, timestep_cond=timestep_cond)
-        last = i == n - 1
-        if rule == "lcm":
-            c_skip, c_out = (schedules.append_dims(c, x.ndim).to(x.dtype)
-                             for c in schedules.consistency_scalings(tt, sigma_data, timestep_scaling))
-            denoised = c_skip * x + c_out * pred.x0
-            if last:
-                return denoised
-            a, s = schedules.alpha_sigma(abar, torch.full_like(tt, timesteps[i + 1]))
-            noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = a * denoised + s * noise
-        elif rule == "tcd":
-            prev = 0 if last else int(timesteps[i + 1])
-            a, s = schedules.alpha_sigma(abar, torch.full_like(tt, prev))
-            x = schedules.ddim_step(pred.x0, pred.eps, a, s)
-        else:
-            raise ValueError(f"unknown sampling rule {rule!r}; expected 'lcm' or 'tcd'")
-    return x
+    buf = io.BytesIO()
+    Image.fromarray(grid).save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())

@@ -7,7 +7,7 @@ Time conventions:
   ``t = 0`` is the cleanest step, ``t = T-1`` the noisiest.
 * Flow students: continuous ``t in [0, 1]``, ``t = 1`` pure noise, ``x_t = (1 - t) x0 + t eps``
   (diffusers ``FlowMatch*`` convention). Nothing here takes flow time; stated so none is mixed up.
-No modules, no state; diffusers' DDIM/Euler/LCM schedulers are the reference the tests check.
+No modules, no state; diffusers' DDIM/LCM/TCD schedulers are the reference the tests check.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from torch import Tensor
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
 def alphas_cumprod(
@@ -100,7 +99,8 @@ def append_dims(x: Tensor, ndim: int) -> Tensor:
 def alpha_sigma(alphas_cumprod: Tensor, t: Tensor, ndim: int = 4) -> tuple[Tensor, Tensor]:
     """``(alpha_t, sigma_t) = (sqrt(abar_t), sqrt(1 - abar_t))`` at integer timesteps.
 
-    Negative ``t`` raises: indexing would silently wrap to ``abar[T-1]`` (see alpha_sigma_prev).
+    Negative ``t`` raises: indexing would silently wrap to ``abar[T-1]``. (Every jump fewstep trains
+    lands on ``t >= 0``: the skip grid clamps at 0 and segments end at 0.)
 
     Args:
         alphas_cumprod: ``[T]`` schedule; results have its dtype.
@@ -112,32 +112,8 @@ def alpha_sigma(alphas_cumprod: Tensor, t: Tensor, ndim: int = 4) -> tuple[Tenso
     """
     t = torch.as_tensor(t)
     if bool((t < 0).any()):
-        raise ValueError("alpha_sigma got negative timesteps; use alpha_sigma_prev for t < 0")
+        raise ValueError("alpha_sigma got negative timesteps; timesteps run from 0 to T-1")
     abar = alphas_cumprod.to(t.device)[t.long()]
-    return append_dims(abar.sqrt(), ndim), append_dims((1.0 - abar).sqrt(), ndim)
-
-
-def alpha_sigma_prev(
-    alphas_cumprod: Tensor, s: Tensor, set_alpha_to_one: bool = False, ndim: int = 4
-) -> tuple[Tensor, Tensor]:
-    """``(alpha_s, sigma_s)`` for a DDIM target timestep that may fall off the grid (``s < 0``).
-
-    DDIM's last jump targets ``s = t - T // n < 0``; like diffusers' ``final_alpha_cumprod``, any
-    ``s < 0`` uses ``abar = 1`` (``set_alpha_to_one``) or ``abar[0]`` (SD1.x ships False).
-
-    Args:
-        alphas_cumprod: ``[T]`` schedule; results have its dtype.
-        s: Integer timesteps ``<= T-1``, any shape; negative entries mean "final".
-        set_alpha_to_one: Final ``abar`` is 1.0 if True, else ``abar[0]``.
-        ndim: As in :func:`alpha_sigma`.
-
-    Returns:
-        ``(alpha_s, sigma_s)`` shaped as in :func:`alpha_sigma`.
-    """
-    s = torch.as_tensor(s).long()
-    table = alphas_cumprod.to(s.device)
-    final = torch.ones((), dtype=table.dtype, device=s.device) if set_alpha_to_one else table[0]
-    abar = torch.where(s >= 0, table[s.clamp(min=0)], final)
     return append_dims(abar.sqrt(), ndim), append_dims((1.0 - abar).sqrt(), ndim)
 
 
@@ -196,7 +172,7 @@ def ddim_step(x0: Tensor, eps: Tensor, alpha_s: Tensor, sigma_s: Tensor) -> Tens
 
     Args:
         x0, eps: Predicted clean sample and noise.
-        alpha_s, sigma_s: Coefficients at ``s`` (:func:`alpha_sigma_prev` for the final step).
+        alpha_s, sigma_s: Coefficients at ``s``.
 
     Returns:
         ``x_s`` in ``x0``'s dtype.
@@ -204,92 +180,28 @@ def ddim_step(x0: Tensor, eps: Tensor, alpha_s: Tensor, sigma_s: Tensor) -> Tens
     return alpha_s.to(x0.dtype) * x0 + sigma_s.to(x0.dtype) * eps
 
 
+def ddim_jump(x0: Tensor, eps: Tensor, alphas_cumprod: Tensor, s: Tensor) -> Tensor:
+    """A prediction ``(x0, eps)`` moved along its DDIM path to timestep(s) ``s`` (DDIM Eq. 12, eta = 0).
+
+    The one "jump to s" of the consistency family: the teacher's solver step t -> s (LCM Sec. 4.3),
+    a multistep student's jump to its segment edge (phased consistency models, Wang et al. 2024,
+    Eq. 6), and TCD / DDIM sampling with eta 0 between grid points.
+
+    Args:
+        x0, eps: Predicted clean sample and noise, ``[B, ...]``.
+        alphas_cumprod: ``[T]`` schedule.
+        s: Target timesteps in ``[0, T-1]``, ``[B]`` (or one per batch, broadcast).
+
+    Returns:
+        ``x_s = alpha_s x0 + sigma_s eps`` in ``x0``'s dtype.
+    """
+    alpha_s, sigma_s = alpha_sigma(alphas_cumprod, s, x0.ndim)
+    return ddim_step(x0, eps, alpha_s, sigma_s)
+
+
 def _check_num_steps(num_steps: int, num_train_timesteps: int) -> None:
     if not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(f"num_steps={num_steps} must be in [1, {num_train_timesteps}]")
-
-
-# The three spacings are Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps are
-# Flawed"), Table 2. Each equals diffusers' DDIMScheduler.set_timesteps for that timestep_spacing.
-def timesteps_leading(
-    num_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 0
-) -> Tensor:
-    """"leading" grid ``i * (T // n) + steps_offset``, descending.
-
-    Args:
-        num_steps: Inference steps ``n``.
-        num_train_timesteps: ``T``.
-        steps_offset: Added to every timestep (SD1.x uses 1, so the grid ends at 1, not 0).
-
-    Returns:
-        LongTensor ``[n]``, descending.
-    """
-    _check_num_steps(num_steps, num_train_timesteps)
-    ratio = num_train_timesteps // num_steps
-    return (torch.arange(num_steps, dtype=torch.long) * ratio + steps_offset).flip(0)
-
-
-def timesteps_trailing(num_steps: int, num_train_timesteps: int = 1000) -> Tensor:
-    """"trailing" grid ``round(T - i * T / n) - 1``, descending; always starts at ``T - 1``.
-
-    Built as ``numpy.arange`` builds it (``T + i * ((T + step) - T)``), not exactly: its float error
-    breaks some .5 ties downward (e.g. n = 48); matching it equals diffusers for all n in 1..1000.
-
-    Args:
-        num_steps: Inference steps ``n``.
-        num_train_timesteps: ``T``.
-
-    Returns:
-        LongTensor, descending (length ``n`` for ``T = 1000``).
-    """
-    _check_num_steps(num_steps, num_train_timesteps)
-    T = float(num_train_timesteps)
-    step = -T / num_steps
-    delta = (T + step) - T
-    values = T + torch.arange(math.ceil(-T / step), dtype=torch.float64) * delta
-    return torch.round(values).long() - 1
-
-
-def timesteps_linspace(num_steps: int, num_train_timesteps: int = 1000) -> Tensor:
-    """"linspace" grid ``round(linspace(0, T - 1, n))`` (half to even), descending.
-
-    Args:
-        num_steps: Inference steps ``n``.
-        num_train_timesteps: ``T``.
-
-    Returns:
-        LongTensor ``[n]``, descending.
-    """
-    _check_num_steps(num_steps, num_train_timesteps)
-    last = float(num_train_timesteps - 1)
-    values = torch.zeros(num_steps, dtype=torch.float64)
-    if num_steps > 1:  # numpy.linspace's float ops (i * step, endpoint pinned): same tie rounding
-        values = torch.arange(num_steps, dtype=torch.float64) * (last / (num_steps - 1))
-        values[-1] = last
-    return torch.round(values).long().flip(0)
-
-
-def inference_timesteps(
-    num_steps: int, spacing: str, num_train_timesteps: int = 1000, steps_offset: int = 0
-) -> Tensor:
-    """The grid for a diffusers ``timestep_spacing``; as there, ``steps_offset`` is leading-only.
-
-    Args:
-        num_steps: Inference steps ``n``.
-        spacing: ``"leading"``, ``"trailing"`` or ``"linspace"``.
-        num_train_timesteps: ``T``.
-        steps_offset: Offset for "leading".
-
-    Returns:
-        LongTensor, descending.
-    """
-    if spacing == "leading":
-        return timesteps_leading(num_steps, num_train_timesteps, steps_offset)
-    if spacing == "trailing":
-        return timesteps_trailing(num_steps, num_train_timesteps)
-    if spacing == "linspace":
-        return timesteps_linspace(num_steps, num_train_timesteps)
-    raise ValueError(f"unknown timestep spacing {spacing!r}; expected {TIMESTEP_SPACINGS}")
 
 
 def ddim_skip_grid(num_ddim_timesteps: int = 50, num_train_timesteps: int = 1000) -> Tensor:
@@ -353,6 +265,28 @@ def consistency_scalings(
     return sigma_data**2 / denom, u / denom.sqrt()
 
 
+def consistency_function(
+    z: Tensor, x0: Tensor, t: Tensor, sigma_data: float = 0.5, timestep_scaling: float = 10.0
+) -> Tensor:
+    """The consistency function ``f(z, t) = c_skip(t) z + c_out(t) x0(z, t)``.
+
+    Consistency Models (Song et al. 2023, Eq. 5 / App. C) parameterised as in LCM (Luo et al. 2023,
+    Eq. 9) on an x0 prediction, with :func:`consistency_scalings`: ``f(z, 0) = z`` exactly. It is
+    both the student/target output of LCM training and ``LCMScheduler``'s ``denoised``.
+
+    Args:
+        z: Noisy latents at ``t``, ``[B, ...]``.
+        x0: The network's clean-sample prediction at ``(z, t)``.
+        t: Timesteps ``[B]``.
+        sigma_data, timestep_scaling: As in :func:`consistency_scalings`.
+
+    Returns:
+        ``f(z, t)`` in ``z``'s dtype.
+    """
+    c_skip, c_out = (append_dims(c, z.ndim).to(z.dtype) for c in consistency_scalings(t, sigma_data, timestep_scaling))
+    return c_skip * z + c_out * x0
+
+
 def consistency_timesteps(num_steps: int, num_ddim_timesteps: int = 50, num_train_timesteps: int = 1000) -> Tensor:
     """Inference timesteps of a consistency student: ``num_steps`` points of :func:`ddim_skip_grid`.
 
@@ -399,3 +333,24 @@ def segment_end(t: Tensor, edges: Tensor) -> Tensor:
     below = lower[None, :] < t.reshape(-1, 1)
     first = below.float().argmax(dim=1)
     return lower[first].reshape(t.shape)
+
+
+def guidance_embedding(w: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding ``[B, dim]`` of the guidance scale w (LCM, Luo et al. 2023, Sec. 4.2).
+
+    The formula diffusers' LCM pipelines use for ``timestep_cond``: w scaled by 1000, ``dim // 2``
+    geometric frequencies from 1 to 1/10000, sin then cos (one zero column pads an odd ``dim``).
+
+    Args:
+        w: Guidance scales ``[B]`` (LCM form: the pipeline's ``guidance_scale - 1``).
+        dim: Embedding width, the UNet's ``time_cond_proj_dim``.
+
+    Returns:
+        float32 tensor ``[B, dim]`` on ``w``'s device.
+    """
+    w = w.float() * 1000.0
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * -(math.log(10000.0) / (half - 1)))
+    emb = w[:, None] * freqs[None, :]
+    emb = torch.cat([emb.sin(), emb.cos()], dim=1)
+    return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 else emb

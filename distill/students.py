@@ -1,13 +1,15 @@
 """Building students from a teacher UNet: a peft LoRA on it, or a full copy with a guidance embedding.
 
-A LoRA student shares the frozen base weights with the teacher: the teacher is the same UNet with
-the adapters switched off (``base_weights``), which is how LCM-LoRA trains without a second copy.
+Either kind registers the same roles, so no method branches on the kind (``build_students``):
+``student`` (trained), ``teacher`` (frozen) and ``target`` (what the consistency target and the
+export use). A LoRA student shares the frozen base weights with the teacher: the teacher is the same
+UNet with the adapters switched off, which is how LCM-LoRA trains without a second copy; further
+adapters on that UNet (e.g. a fake score) are roles of their own.
 """
 from __future__ import annotations
 
 import copy
-import math
-from contextlib import contextmanager
+import warnings
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -16,7 +18,12 @@ from torch import nn
 
 from fewstep.distill.config import StudentConfig
 from fewstep.distill.denoiser import Denoiser
-from fewstep.distill.modelset import ModelSet, unwrap
+from fewstep.distill.modelset import ModelSet
+
+# The one rule for what a consistency student ships: its ``target`` role, i.e. the EMA copy of a full
+# student when there is one, otherwise the student itself (a LoRA's online weights).
+EXPORTED_ROLE = "target"
+STUDENT_ADAPTER = "default"  # the LoRA student's peft adapter (the name LoRA exports are read under)
 
 
 def lora_target_modules(unet: nn.Module, patterns: list[str]) -> list[str]:
@@ -25,8 +32,11 @@ def lora_target_modules(unet: nn.Module, patterns: list[str]) -> list[str]:
     Resolving to full names up front lets a tiny UNet and SD1.5 share one config, and a pattern
     that matches nothing fails loudly instead of training an empty adapter.
     """
-    names = [n for n, m in unet.named_modules()
-             if isinstance(m, (nn.Linear, nn.Conv2d)) and any(n == p or n.endswith("." + p) for p in patterns)]
+    # A layer that already carries an adapter holds the original as ``<name>.base_layer``: a further
+    # adapter targets the same name (peft adds it to that layer).
+    layers = [n.removesuffix(".base_layer") for n, m in unet.named_modules()
+              if isinstance(m, (nn.Linear, nn.Conv2d)) and ".lora_" not in n]
+    names = [n for n in layers if any(n == p or n.endswith("." + p) for p in patterns)]
     if not names:
         raise ValueError(f"student.lora_targets {patterns} match no Linear/Conv2d module of the UNet")
     return names
@@ -35,33 +45,14 @@ def lora_target_modules(unet: nn.Module, patterns: list[str]) -> list[str]:
 def add_lora(unet: UNet2DConditionModel, cfg: StudentConfig, adapter_name: str = "default") -> UNet2DConditionModel:
     """Freeze ``unet`` and attach a trainable peft LoRA (rank, alpha and targets from ``cfg``)."""
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
-                                target_modules=lora_target_modules(unet, cfg.lora_targets)), adapter_name)
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
+                        target_modules=lora_target_modules(unet, cfg.lora_targets))
+    with warnings.catch_warnings():  # a second adapter on one UNet is what we mean to build
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        unet.add_adapter(config, adapter_name)
     for n, p in unet.named_parameters():
         p.requires_grad_("lora_" in n)
     return unet
-
-
-@contextmanager
-def base_weights(module: nn.Module):
-    """Run the wrapped UNet without its LoRA adapters (the teacher of a LoRA student)."""
-    unet = getattr(unwrap(module), "unet", unwrap(module))
-    unet.disable_adapters()
-    try:
-        yield
-    finally:
-        unet.enable_adapters()
-
-
-def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of the guidance scale w (LCM, Luo et al. 2023, Sec. 4.2; the same
-    formula diffusers' pipelines use for ``timestep_cond``: w scaled by 1000, sin then cos)."""
-    w = w.float() * 1000.0
-    half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * -(math.log(10000.0) / (half - 1)))
-    emb = w[:, None] * freqs[None, :]
-    emb = torch.cat([emb.sin(), emb.cos()], dim=1)
-    return nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
 
 
 def with_guidance_embedding(unet: UNet2DConditionModel, dim: int = 256, init: str = "zeros") -> UNet2DConditionModel:
@@ -82,24 +73,63 @@ def with_guidance_embedding(unet: UNet2DConditionModel, dim: int = 256, init: st
     return student.to(device=unet.device) if unet.dtype == torch.float32 else student.to(unet.device, unet.dtype)
 
 
+def takes_guidance_embedding(cfg: StudentConfig, w_embedding_dim: int | None) -> bool:
+    """Whether ``build_students`` gives this student a guidance input (``time_cond_proj_dim``): a
+    full copy can grow one; a LoRA cannot add a layer to the base it loads onto."""
+    return cfg.kind == "full" and bool(w_embedding_dim)
+
+
 def build_students(pipe, cfg: StudentConfig, target_ema: float = 0.0, w_embedding_dim: int | None = None,
-                   w_embedding_init: str = "zeros") -> ModelSet:
-    """The roles of a distillation run: ``student`` (trainable), and for full students a frozen
-    ``teacher`` plus, if ``target_ema`` > 0, an EMA ``target``. LoRA students need neither: the
-    teacher is the base weights and the target the online student under no_grad (LCM-LoRA).
-    ``w_embedding_dim`` gives full students a guidance embedding."""
+                   w_embedding_init: str = "zeros", adapters: tuple[str, ...] = ()) -> ModelSet:
+    """The roles of a distillation run, the same names for either student kind:
+
+    * ``student``: LoRA: adapter ``default`` on the teacher's UNet; full: a trainable copy (with a
+      guidance embedding if ``w_embedding_dim``).
+    * ``teacher``: LoRA: that UNet with its adapters off (no second copy); full: the frozen UNet.
+    * ``target``: LoRA: the online student (call it under no_grad); full: an EMA copy if
+      ``target_ema`` > 0, else the student.
+    * one role per name in ``adapters`` (e.g. ``fake_score``): a further LoRA adapter on the frozen
+      teacher UNet, trained by whichever phase names it.
+
+    The export ships ``EXPORTED_ROLE`` (``target``).
+    """
     models = ModelSet(pipe)
     pipe.vae.requires_grad_(False).eval()
     pipe.text_encoder.requires_grad_(False).eval()
     sched = pipe.scheduler.config
     if cfg.kind == "lora":
-        models["student"] = Denoiser(add_lora(pipe.unet, cfg), sched).train()
-        return models
-    pipe.unet.requires_grad_(False).eval()
-    models["teacher"] = Denoiser(pipe.unet, sched)
-    student = (with_guidance_embedding(pipe.unet, w_embedding_dim, w_embedding_init) if w_embedding_dim
-               else copy.deepcopy(pipe.unet))
-    models["student"] = Denoiser(student.train().requires_grad_(True), sched)
-    if target_ema > 0:
-        models.add_ema("target", "student", target_ema)
+        unet = add_lora(pipe.unet, cfg, STUDENT_ADAPTER)
+        for name in adapters:
+            add_lora(unet, cfg, name)
+        _activate(unet, STUDENT_ADAPTER)
+        models["unet"] = Denoiser(unet, sched).train()
+        models.add_view("student", "unet", adapter=STUDENT_ADAPTER)
+        models.add_view("teacher", "unet", base=True)
+        models.add_view("target", "unet", adapter=STUDENT_ADAPTER)
+    else:
+        pipe.unet.requires_grad_(False).eval()
+        student = (with_guidance_embedding(pipe.unet, w_embedding_dim, w_embedding_init) if w_embedding_dim
+                   else copy.deepcopy(pipe.unet))
+        models["student"] = Denoiser(student.train().requires_grad_(True), sched)
+        if adapters:
+            for name in adapters:
+                add_lora(pipe.unet, cfg, name)
+            models["unet"] = Denoiser(pipe.unet, sched).train()
+            models.add_view("teacher", "unet", base=True)
+        else:
+            models["teacher"] = Denoiser(pipe.unet, sched)
+        if target_ema > 0:
+            models.add_ema("target", "student", target_ema)
+        else:
+            models.add_view("target", "student")
+    for name in adapters:
+        models.add_view(name, "unet", adapter=name)
     return models
+
+
+def _activate(unet: UNet2DConditionModel, adapter: str) -> None:
+    """Make ``adapter`` the active one without freezing the others (peft's switch would)."""
+    flags = {n: p.requires_grad for n, p in unet.named_parameters()}
+    unet.set_adapter(adapter)
+    for n, p in unet.named_parameters():
+        p.requires_grad_(flags[n])

@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a run from a YAML config (runs/<name>/)",
                        description="Train a method from a YAML config; writes runs/<name>/ with config.yaml, "
                                    "checkpoints/, logs.jsonl, samples/ and export/.")
-    t.add_argument("config", help="YAML config file, e.g. configs/tiny/teacher.yaml")
+    t.add_argument("config", help="YAML config file, e.g. configs/tiny/teacher.yaml (a shipped config is also found "
+                                  "by name from any directory: tiny/lcm_lora)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=1e-4 (repeatable)")
     t.add_argument("--resume", metavar="CKPT", help="'latest' or a checkpoint folder to continue from")
@@ -120,10 +121,26 @@ def _load_pipeline_for(cfg):
     return pipe
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # package data in a wheel, configs/ in a checkout
+
+
+def config_path(name: str) -> Path:
+    """``name`` as given if it exists, else the shipped config of that name (``configs/tiny/lcm_lora.yaml``,
+    ``tiny/lcm_lora.yaml`` or ``tiny/lcm_lora``), so a wheel install runs the shipped configs from anywhere."""
+    path = Path(name)
+    if path.exists():
+        return path
+    rel = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else path
+    for candidate in (SHIPPED_CONFIGS / rel, SHIPPED_CONFIGS / rel.with_suffix(".yaml")):
+        if candidate.is_file():
+            return candidate
+    return path  # load_config names the missing file
+
+
 def cmd_train(args) -> int:
     from fewstep.distill.run_config import load_config
 
-    cfg = load_config(args.config, args.overrides)  # before anything heavy is imported: errors come fast
+    cfg = load_config(config_path(args.config), args.overrides)  # before anything heavy is imported: errors come fast
     from fewstep.distill.loop import Trainer, list_checkpoints
 
     resume = None
@@ -278,48 +295,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _yaml_file(path: str) -> dict:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    return yaml.safe_load(p.read_text())
-
-
-def _procedural_slice(seed: int, start: int, n: int, key: str):
-    """uint8 images [n, 3, 32, 32] and the items' ``key`` (labels stacked, captions as a list)."""
-    import torch
-
-    from fewstep.distill.data.procedural import ProceduralDataset
-
-    items = [ProceduralDataset(seed)[i] for i in range(start, start + n)]
-    values = [it[key] for it in items]
-    return torch.stack([it["image"] for it in items]), (torch.stack(values) if key == "labels" else values)
-
-
 def cmd_build_classifier(args) -> int:
-    from fewstep.distill.data.procedural import ATTRIBUTES
-    from fewstep.eval.classifier import rendered_batches, train_from_config
+    from fewstep.pipelines.judge_config import ClassifierBuildConfig, load_build_config
 
-    cfg = _yaml_file(args.config)
-    render = (lambda seed, start, n: _procedural_slice(seed, start, n, "labels"))
-    val = render(cfg["val_seed"], 0, cfg["val_size"])
-    _, acc = train_from_config(cfg, ATTRIBUTES, lambda seed, bs: rendered_batches(render, seed, bs),
-                               args.out, val_data=val)
-    print(f"fewstep: wrote {args.out}; held-out accuracy {json.dumps(acc)}", file=sys.stderr)
+    cfg = load_build_config(args.config, ClassifierBuildConfig)  # before torch is imported: errors come fast
+    from fewstep.pipelines.build_classifier import build_classifier
+
+    _, record = build_classifier(cfg, args.out)
+    print(f"fewstep: wrote {args.out}; held-out accuracy {json.dumps(record['val_accuracy'])}", file=sys.stderr)
     return 0
 
 
 def cmd_build_tiny_clip(args) -> int:
-    from fewstep.distill.data.procedural import ProceduralDataset, all_captions
-    from fewstep.eval.classifier import rendered_batches
-    from fewstep.eval.tiny_clip import distinct_caption_gallery, train_from_config
+    from fewstep.pipelines.judge_config import TinyClipBuildConfig, load_build_config
 
-    cfg = _yaml_file(args.config)
-    render = (lambda seed, start, n: _procedural_slice(seed, start, n, "caption"))
-    val = distinct_caption_gallery(ProceduralDataset(cfg["val_seed"]), len(all_captions()))
-    record = train_from_config(cfg, lambda seed, bs: rendered_batches(render, seed, bs), args.out, val_data=val)
+    cfg = load_build_config(args.config, TinyClipBuildConfig)
+    from fewstep.pipelines.build_tiny_clip import build_tiny_clip
+
+    record = build_tiny_clip(cfg, args.out)
     print(f"fewstep: wrote {args.out}; held-out retrieval {json.dumps(record['val_retrieval'])}", file=sys.stderr)
     return 0
 

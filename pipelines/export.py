@@ -7,30 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
+import torch
 import yaml
 
+from fewstep.distill.files import atomic_dir
 from fewstep.distill.sampling import Recipe, apply_recipe, generate, save_grid
 from fewstep.pipelines.errors import LoraBaseError
-
-
-def _atomic_dir(out: Path, write) -> Path:
-    out = Path(out)
-    tmp = out.with_name(f".tmp-{out.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = out.with_name(f".old-{out.name}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
-    return out
 
 
 def model_card(title: str, base_model: str | None, recipe: Recipe, body: str, tags: list[str],
@@ -75,7 +59,9 @@ def export_pipeline(pipe, recipe: Recipe, out: str | Path, *, title: str, base_m
         text = _write_common(tmp, pipe, recipe, config, body, grid_prompts)
         (tmp / "README.md").write_text(model_card(title, base_model, recipe, text, ["fewstep-export"]))
 
-    return _atomic_dir(Path(out), write)
+    with atomic_dir(out) as tmp:
+        write(tmp)
+    return Path(out)
 
 
 def base_fingerprint(unet) -> str:
@@ -127,7 +113,9 @@ def export_lora(pipe, recipe: Recipe, out: str | Path, *, title: str, base_model
         text = _write_common(tmp, pipe, recipe, config, body, grid_prompts)
         (tmp / "README.md").write_text(lora_card(title, base_model, recipe, text))
 
-    return _atomic_dir(Path(out), write)
+    with atomic_dir(out) as tmp:
+        write(tmp)
+    return Path(out)
 
 
 def lora_card(title: str, base_model: str | None, recipe: Recipe, body: str) -> str:
@@ -153,27 +141,56 @@ def check_lora_base(lora_dir: str | Path, unet) -> None:
 def export_run(method, models, cfg, out: str | Path, fuse: bool = False, grid_prompts: list[str] | None = None) -> Path:
     """Export a trained run: LoRA weights for LoRA students (or, with ``fuse``, a full pipeline with
     the LoRA fused in), a full pipeline otherwise. Always with recipe, config and model card."""
+    import tempfile
+
     from fewstep.distill.config import to_dict
     from fewstep.distill.modelset import unwrap
+    from fewstep.pipelines.teacher import load_pipeline
 
     pipe, recipe = method.to_pipeline(models)
+    mixed = cfg.train.mixed_precision != "no"
     common = dict(title=f"fewstep {cfg.method.name} student ({cfg.name})", base_model=cfg.model.pretrained,
                   config=to_dict(cfg), grid_prompts=grid_prompts,
                   body=f"Distilled with fewstep method `{cfg.method.name}` "
-                       f"({cfg.student.kind} student, {cfg.train.steps} steps). "
+                       f"({cfg.student.kind} student, {cfg.train.steps} steps"
+                       f"{f', {cfg.train.mixed_precision} mixed precision' if mixed else ''}). "
                        f"Trained step counts: {recipe.trained_steps or 'any'}.")
     if cfg.student.kind != "lora":
-        return export_pipeline(pipe, recipe, out, **common)
-    if not fuse:
+        return export_pipeline(full_precision(pipe, cfg.model.pretrained) if mixed else pipe, recipe, out, **common)
+    if not fuse and not mixed:
         return export_lora(pipe, recipe, out, base_unet=unwrap(models["student"]).unet, **common)
-    import tempfile
-
-    from fewstep.pipelines.teacher import load_pipeline
-
+    # Fused, or a mixed-precision run (whose base UNet was stored in bf16/fp16 while the adapters stayed
+    # float32): the adapters go onto a fresh full-precision base, as a user loads them, and the
+    # fingerprint and the sample grid come from that base.
     with tempfile.TemporaryDirectory() as tmp:
         save_lora(pipe, tmp)
-        fused = load_pipeline(cfg.model.pretrained)
-        fused.load_lora_weights(tmp)
-        fused.fuse_lora()
-        fused.unload_lora_weights()
-    return export_pipeline(fused, recipe, out, **common)
+        fresh = load_pipeline(cfg.model.pretrained)
+        fresh.load_lora_weights(tmp, adapter_name="default")  # the name save_lora reads
+    if not fuse:
+        return export_lora(fresh, recipe, out, base_unet=fresh.unet, **common)
+    fresh.fuse_lora()
+    fresh.unload_lora_weights()
+    return export_pipeline(fresh, recipe, out, **common)
+
+
+def _low_precision(module) -> bool:
+    return any(p.is_floating_point() and p.dtype != torch.float32 for p in module.parameters())
+
+
+def full_precision(pipe, pretrained: str | None):
+    """A mixed-precision run stores its frozen networks (VAE, text encoder, teacher) in bf16/fp16; an
+    export must carry the originals. Every component still in low precision is taken from a fresh load
+    of the teacher (or, for a pipeline built from scratch, cast back to float32)."""
+    from fewstep.pipelines.teacher import load_pipeline
+
+    comps = dict(pipe.components)
+    low = [n for n, m in comps.items() if isinstance(m, torch.nn.Module) and _low_precision(m)]
+    if not low:
+        return pipe
+    fresh = load_pipeline(pretrained) if pretrained else None
+    for name in low:
+        comps[name] = getattr(fresh, name) if fresh is not None else comps[name].float()
+    kwargs = {"requires_safety_checker": False} if "safety_checker" in comps else {}
+    out = type(pipe)(**comps, **kwargs)
+    out.set_progress_bar_config(disable=True)
+    return out

@@ -1,4 +1,5 @@
-"""Tests for eval.classifier: checkpoint round trip, the shipped judge's accuracy, and training."""
+"""The attribute classifier: checkpoint round trip (eval loads what the builder writes), the shipped
+judge's accuracy, and training (pipelines.build_classifier)."""
 from __future__ import annotations
 
 import json
@@ -15,12 +16,12 @@ from fewstep.eval.classifier import (
     MODEL_FILE,
     AttributeClassifier,
     attribute_accuracy,
-    fit_classifier,
     load_classifier,
     predict,
-    rendered_batches,
-    save_classifier,
 )
+from fewstep.pipelines.build_classifier import fit_classifier, save_classifier
+from fewstep.pipelines.judge_config import ClassifierBuildConfig
+from fewstep.pipelines.judge_training import procedural_batches
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "assets" / "classifier"
@@ -107,17 +108,9 @@ def test_shipped_classifier_accuracy_on_held_out_split():
 def test_short_fit_lowers_loss():
     torch.set_num_threads(1)  # small ops; extra threads only add overhead on a shared CPU
     losses: list[float] = []
-    model = fit_classifier(
-        rendered_batches(render_batch, 0, 32),
-        ATTRIBUTES,
-        steps=30,
-        lr=3e-3,
-        width=8,
-        feature_dim=32,
-        warmup_steps=3,
-        on_step=lambda step, loss: losses.append(loss),
-        progress=False,
-    )
+    cfg = ClassifierBuildConfig(steps=30, lr=5e-3, width=8, feature_dim=32, warmup_steps=3)
+    model = fit_classifier(procedural_batches(0, 32, "labels"), ATTRIBUTES, cfg,
+                           on_step=lambda step, loss: losses.append(loss), progress=False)
     assert len(losses) == 30 and not model.training
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, losses
@@ -126,9 +119,13 @@ def test_short_fit_lowers_loss():
 def test_fit_rejects_mislabelled_batches():
     bad = iter([(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, 2, dtype=torch.long))])
     with pytest.raises(ValueError, match="labels"):
-        fit_classifier(bad, ATTRIBUTES, steps=1, width=4, feature_dim=8, progress=False)
+        fit_classifier(bad, ATTRIBUTES, ClassifierBuildConfig(steps=1, warmup_steps=0, width=4, feature_dim=8),
+                       progress=False)
 
 
 def test_eval_package_does_not_import_distill():
-    code = "import sys, fewstep.eval.classifier; bad = [m for m in sys.modules if m.startswith('fewstep.distill')]; assert not bad, bad"
+    # Loading and scoring the judges pulls in nothing from training or the builders above it.
+    code = ("import sys, fewstep.eval.classifier, fewstep.eval.tiny_clip, fewstep.eval.clip; "
+            "bad = [m for m in sys.modules if m.startswith(('fewstep.distill', 'fewstep.pipelines'))]; "
+            "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -1,39 +1,61 @@
-"""Bad input ends in one clear line and a non-zero exit, before any expensive work."""
+"""Bad input ends in one clear line and a non-zero exit, before any expensive work.
+
+The commands run in-process through ``main()`` (a subprocess would spend seconds importing
+diffusers for each case); one test runs the installed ``fewstep`` entry point itself."""
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
+from fewstep.pipelines.cli import main
 from tests.conftest import run_dict
 
-
-def fewstep(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fewstep.pipelines.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+REPO = Path(__file__).resolve().parents[1]
 
 
-def one_clear_line(proc, needle):
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in proc.stderr
-    assert lines[-1].startswith("fewstep: error:") and needle in lines[-1], proc.stderr
+def fewstep(capsys, *args) -> tuple[int, str]:
+    """(exit status, stderr) of ``fewstep ARGS`` run in this process."""
+    capsys.readouterr()  # drop whatever earlier setup printed
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
 
 
-def test_missing_config_file(tmp_path):
-    one_clear_line(fewstep("train", str(tmp_path / "nope.yaml")), "config file not found")
+def one_clear_line(result, needle):
+    code, err = result
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err
+    assert lines[-1].startswith("fewstep: error:") and needle in lines[-1], err
 
 
-def test_unknown_key(tmp_path):
+def test_entry_point_exits_2_with_one_line(tmp_path):
+    """The installed console script (``fewstep``) turns main()'s status into the process exit status."""
+    script = Path(sys.executable).with_name("fewstep")
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "fewstep.pipelines.cli"]
+    proc = subprocess.run([*cmd, "train", "nope.yaml"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == ["fewstep: error: config file not found: nope.yaml"], proc.stderr
+
+
+def test_missing_config_file(tmp_path, capsys):
+    one_clear_line(fewstep(capsys, "train", tmp_path / "nope.yaml"), "config file not found")
+
+
+def test_unknown_key(tmp_path, capsys):
     raw = run_dict(tmp_path)
     raw["train"]["lerning_rate"] = 1
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
-    one_clear_line(fewstep("train", str(path)), "unknown key 'train.lerning_rate'")
+    one_clear_line(fewstep(capsys, "train", path), "unknown key 'train.lerning_rate'")
 
 
 @pytest.mark.parametrize("make", ["empty_dir", "missing_unet"])
-def test_teacher_that_is_not_a_pipeline(tmp_path, make):
+def test_teacher_that_is_not_a_pipeline(tmp_path, capsys, make):
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     if make == "missing_unet":
@@ -42,44 +64,59 @@ def test_teacher_that_is_not_a_pipeline(tmp_path, make):
     raw["model"] = {"pretrained": str(teacher)}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
-    proc = fewstep("train", str(path))
-    one_clear_line(proc, str(teacher))
-    assert ("model_index.json is missing" if make == "empty_dir" else "unet") in proc.stderr
+    result = fewstep(capsys, "train", path)
+    one_clear_line(result, str(teacher))
+    assert ("model_index.json is missing" if make == "empty_dir" else "unet") in result[1]
+    assert not (tmp_path / "runs" / "t").exists()
 
 
-def test_help_lists_commands():
-    proc = fewstep("--help")
-    assert proc.returncode == 0
-    for word in ("train", "sample", "build-classifier"):
-        assert word in proc.stdout
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("train", "sample", "export", "eval", "build-classifier", "build-tiny-clip"):
+        assert re.search(rf"^ {{4}}{word}\s", out, re.M), word  # listed as a sub-command, not only in an example
 
 
-def test_lora_on_the_wrong_base_is_refused(tmp_path):
+def test_lora_on_the_wrong_base_is_refused(tmp_path, capsys):
     lora = tmp_path / "lora"
     lora.mkdir()
     (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
     (lora / "fewstep_base.json").write_text('{"base_model": "some-other-base", "fingerprint": "0000000000000000"}')
-    proc = fewstep("sample", "--pipeline", "tiny-sd", "--lora", str(lora), "--prompt", "x", "--steps", "1",
-                   "--out", str(tmp_path / "x.png"))
-    one_clear_line(proc, "trained on base 'some-other-base'")
+    result = fewstep(capsys, "sample", "--pipeline", "tiny-sd", "--lora", lora, "--prompt", "x", "--steps", "1",
+                     "--out", tmp_path / "x.png")
+    one_clear_line(result, "trained on base 'some-other-base'")
     assert not (tmp_path / "x.png").exists()
 
 
-def test_export_of_a_run_without_finished_checkpoint(tmp_path):
+def test_export_of_a_run_without_finished_checkpoint(tmp_path, capsys):
     run = tmp_path / "runs" / "r"
     (run / "checkpoints" / ".tmp-checkpoint-5").mkdir(parents=True)  # killed mid-save
     (run / "config.yaml").write_text(yaml.safe_dump(run_dict(tmp_path)))
-    proc = fewstep("export", str(run))
-    one_clear_line(proc, "no finished checkpoint")
+    one_clear_line(fewstep(capsys, "export", run), "no finished checkpoint")
     assert not (run / "export").exists()
 
 
-def test_method_settings_are_checked_before_any_work():
+def test_method_settings_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
     """A method's own constraints (TSCD: segments within the skip grid) fail at config time."""
-    from pathlib import Path
+    monkeypatch.chdir(tmp_path)  # the shipped config writes to ./runs/<name>
+    result = fewstep(capsys, "train", REPO / "configs" / "tiny" / "tscd_lora.yaml",
+                     "--set", "method.num_ddim_timesteps=4", "--set", "name=test-never-written")
+    one_clear_line(result, "method.stages: 8 segments")
+    assert not (tmp_path / "runs").exists()
 
-    root = Path(__file__).resolve().parents[1]
-    proc = fewstep("train", "configs/tiny/tscd_lora.yaml", "--set", "method.num_ddim_timesteps=4",
-                   "--set", "name=test-never-written", cwd=root)
-    one_clear_line(proc, "method.stages: 8 segments")
-    assert not (root / "runs" / "test-never-written").exists()
+
+def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    """A wheel install has no configs/ folder beside the user: shipped configs resolve by name."""
+    from fewstep.pipelines.cli import SHIPPED_CONFIGS, config_path
+
+    monkeypatch.chdir(tmp_path)
+    want = SHIPPED_CONFIGS / "tiny" / "lcm_lora.yaml"
+    assert want.is_file()
+    for name in ("tiny/lcm_lora", "tiny/lcm_lora.yaml", "configs/tiny/lcm_lora.yaml"):
+        assert config_path(name) == want
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "lcm_lora.yaml").write_text("name: mine\n")  # a user's own file wins
+    assert config_path("tiny/lcm_lora.yaml") == Path("tiny/lcm_lora.yaml")
+    assert config_path("tiny/nothing") == Path("tiny/nothing")

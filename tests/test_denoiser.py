@@ -49,7 +49,8 @@ def test_batched_cfg_equals_two_forwards(denoiser):
 @pytest.mark.parametrize("init", ["zeros", "default"])
 def test_guidance_embedding_init(small_arch, init):
     """'zeros': the student starts as the teacher for every w; 'default': w is live from step 0."""
-    from fewstep.distill.students import guidance_embedding, with_guidance_embedding
+    from fewstep.distill.schedules import guidance_embedding
+    from fewstep.distill.students import with_guidance_embedding
 
     unet = build_tiny_pipeline(small_arch).unet.eval()
     torch.manual_seed(0)

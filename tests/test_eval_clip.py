@@ -6,7 +6,8 @@ import torch
 
 from fewstep.distill.data.procedural import ProceduralDataset, all_captions
 from fewstep.eval import clip as C
-from fewstep.eval.tiny_clip import distinct_caption_gallery, normalise
+from fewstep.eval.tiny_clip import normalise
+from fewstep.pipelines.build_tiny_clip import distinct_caption_gallery
 
 
 @pytest.fixture(scope="module")

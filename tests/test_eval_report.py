@@ -1,4 +1,5 @@
-"""Reports: metrics.json round trip, markdown columns, valid PNG plots and grids; latency timing."""
+"""Reports: metrics.json round trip, markdown columns, valid PNG plots and grids; latency timing (on a
+fake clock: what is timed, not how fast this runner is)."""
 import json
 import time
 
@@ -7,6 +8,7 @@ import torch
 from PIL import Image
 
 from fewstep.eval import report as R
+from fewstep.eval import latency
 from fewstep.eval.latency import measure_latency, speedup
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -76,16 +78,45 @@ def test_sample_grid_layout_and_teacher_on_top(tmp_path):
     assert any(c[1] != (255, 255, 255) for c in label_area)  # text was drawn
 
 
-def test_measure_latency_excludes_warmup():
-    calls = []
+class AsyncDevice:
+    """A fake clock and accelerator: a call only queues work; the clock moves when the device is synchronised
+    (as CUDA returns before the kernels finish), so a timer stopped without synchronising reads zero."""
 
-    def fn():
-        calls.append(1)
-        time.sleep(0.2 if len(calls) == 1 else 0.01)  # a slow first call, like lazy initialisation
+    def __init__(self, costs):
+        self.now, self.queued, self.costs, self.calls = 0.0, 0.0, list(costs), 0
 
-    out = measure_latency(fn, batch_size=4, warmup=1, repeats=3, synchronize=None)
-    assert len(calls) == 4 and out["repeats"] == 3 and len(out["sec_per_batch_all"]) == 3
-    assert 0.009 < out["sec_per_batch"] < 0.1
-    assert out["sec_per_image"] == pytest.approx(out["sec_per_batch"] / 4)
-    assert speedup({"sec_per_image": 1.0}, out) == pytest.approx(1.0 / out["sec_per_image"])
+    def perf_counter(self) -> float:
+        return self.now
+
+    def generate(self) -> None:
+        self.queued += self.costs[self.calls]
+        self.calls += 1
+
+    def synchronize(self) -> None:
+        self.now, self.queued = self.now + self.queued, 0.0
+
+
+def test_measure_latency_excludes_warmup_and_waits_for_the_device(monkeypatch):
+    device = AsyncDevice([100.0, 1.0, 5.0, 2.0])  # a slow first call, like lazy initialisation
+    monkeypatch.setattr(latency, "time", device)  # the module reads its clock as time.perf_counter
+    out = measure_latency(device.generate, batch_size=4, warmup=1, repeats=3, synchronize=device.synchronize)
+    assert device.calls == 4 and out["repeats"] == 3 and out["warmup"] == 1
+    assert out["sec_per_batch_all"] == [1.0, 5.0, 2.0]  # the warm-up's 100 s counted nowhere
+    assert out["sec_per_batch"] == 2.0 and out["statistic"] == "median"  # one slow repeat does not move it
+    assert out["sec_per_image"] == 0.5
+    assert speedup({"sec_per_image": 1.0}, out) == 2.0
     assert speedup(2.0, 0.5) == 4.0
+    with pytest.raises(ValueError, match="non-positive"):
+        speedup(1.0, {"sec_per_image": 0.0})
+
+
+def test_measure_latency_reads_the_real_clock():
+    """Without a fake clock each timed call lasts at least as long as it sleeps (a lower bound only: a
+    shared runner may make any call slower)."""
+    calls = []
+    out = measure_latency(lambda: (calls.append(1), time.sleep(0.01)), batch_size=2, warmup=2, repeats=2,
+                          synchronize=None)
+    assert len(calls) == 4 and all(t >= 0.01 for t in out["sec_per_batch_all"])
+    assert out["sec_per_image"] == pytest.approx(out["sec_per_batch"] / 2)
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        measure_latency(lambda: None, batch_size=1, repeats=0)

@@ -1,10 +1,9 @@
 """The evaluation sweep end to end through ``fewstep eval`` on a very small fresh pipeline and LoRA,
-and its clear failures (missing Inception weights, untrained step counts) before any generation."""
+and its clear failures (missing Inception weights, untrained step counts) before any generation.
+The command runs in-process through ``main()`` (tests/test_cli.py runs the entry point itself)."""
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,16 +18,21 @@ TRAINED = [1, 2]  # the step counts the test LoRA claims to be trained for
 EMBEDDED_CLIP = os.path.join(os.path.dirname(__file__), "..", "assets", "tiny-clip")
 
 
-def fewstep(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "fewstep.pipelines.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+def fewstep(capsys, *args) -> tuple[int, str]:
+    """(exit status, stderr) of ``fewstep ARGS`` run in this process."""
+    from fewstep.pipelines.cli import main
+
+    capsys.readouterr()  # drop whatever the fixtures printed
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
 
 
-def one_clear_line(proc, needle):
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("fewstep: error:") and needle in lines[0], proc.stderr
+def one_clear_line(result, needle):
+    code, err = result
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fewstep: error:") and needle in lines[0], err
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +60,16 @@ def models(tmp_path_factory):
     return base, root / "lora"
 
 
-def test_sweep_writes_consistent_report(models, tmp_path):
+@pytest.mark.slow
+def test_sweep_writes_consistent_report(models, tmp_path, capsys):
     base, lora = models
     out = tmp_path / "eval"
     n = 8
-    proc = fewstep("eval", "--pipeline", str(base), "--lora", str(lora), "--steps", "1,2", "--teacher", str(base),
-                   "--teacher-steps", "4", "--teacher-guidance", "3", "--num-images", str(n), "--batch-size", "4",
-                   "--latency-batch", "2", "--reference-images", "64", "--cache-dir", str(tmp_path / "cache"),
-                   "--clip", EMBEDDED_CLIP, "--device", "cpu", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, err = fewstep(capsys, "eval", "--pipeline", base, "--lora", lora, "--steps", "1,2", "--teacher", base,
+                        "--teacher-steps", "4", "--teacher-guidance", "3", "--num-images", n, "--batch-size", "4",
+                        "--latency-batch", "2", "--reference-images", "64", "--cache-dir", tmp_path / "cache",
+                        "--clip", EMBEDDED_CLIP, "--device", "cpu", "--out", out)
+    assert code == 0, err[-3000:]
     data = json.loads((out / "metrics.json").read_text())
     rows, protocol = data["rows"], data["protocol"]
     assert [(r["model"], r["steps"]) for r in rows] == [("teacher", 4), ("lora", 1), ("lora", 2)]
@@ -106,21 +111,21 @@ def test_sweep_writes_consistent_report(models, tmp_path):
         assert grid.height >= 3 * 96 and grid.width >= n * 96
 
 
-def test_missing_inception_weights_fail_before_generation(models, tmp_path):
+def test_missing_inception_weights_fail_before_generation(models, tmp_path, capsys, monkeypatch):
     base, lora = models
     out = tmp_path / "eval"
-    proc = fewstep("eval", "--pipeline", str(base), "--lora", str(lora), "--steps", "1", "--num-images", "4",
-                   "--features", "inception", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
-                   env={"TORCH_HOME": str(tmp_path / "torch")})
-    one_clear_line(proc, "weights-inception-2015-12-05-6726825d.pth")
-    assert " @ " not in proc.stderr and not out.exists()  # no progress bar, no report: nothing was generated
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    result = fewstep(capsys, "eval", "--pipeline", base, "--lora", lora, "--steps", "1", "--num-images", "4",
+                     "--features", "inception", "--cache-dir", tmp_path / "cache", "--out", out)
+    one_clear_line(result, "weights-inception-2015-12-05-6726825d.pth")
+    assert " @ " not in result[1] and not out.exists()  # no progress bar, no report: nothing was generated
 
 
-def test_untrained_step_count_is_refused(models, tmp_path):
+def test_untrained_step_count_is_refused(models, tmp_path, capsys):
     base, lora = models
-    proc = fewstep("eval", "--pipeline", str(base), "--lora", str(lora), "--steps", "1,3", "--num-images", "4",
-                   "--out", str(tmp_path / "eval"))
-    one_clear_line(proc, "trained for [1, 2] steps, not 3")
+    result = fewstep(capsys, "eval", "--pipeline", base, "--lora", lora, "--steps", "1,3", "--num-images", "4",
+                     "--out", tmp_path / "eval")
+    one_clear_line(result, "trained for [1, 2] steps, not 3")
     assert not (tmp_path / "eval").exists()
 
 
@@ -157,6 +162,7 @@ def test_run_dir_resolves_export_lora_and_teacher(models, tmp_path):
         run_entries(run)
 
 
+@pytest.mark.slow
 def test_train_ends_with_eval_report(tmp_path, monkeypatch, capsys):
     """eval.enabled: fewstep train exports, then evaluates the export (a teacher run: alone, DDIM)."""
     import yaml

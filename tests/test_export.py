@@ -8,11 +8,10 @@ import textwrap
 import pytest
 import torch
 
+from fewstep.distill import schedules
 from fewstep.distill.run_config import parse_config
 from fewstep.distill.loop import Trainer
-from fewstep.distill.modelset import unwrap
-from fewstep.distill.sampling import consistency_sample
-from fewstep.distill.students import guidance_embedding
+from fewstep.distill.schedules import guidance_embedding
 from fewstep.pipelines.export import export_run
 from fewstep.pipelines.teacher import load_pipeline
 from fewstep.pipelines.tiny import build_tiny_pipeline
@@ -44,7 +43,7 @@ PLAIN = textwrap.dedent("""
         gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
         res["other_guidance"] = pipe(prompts, num_inference_steps=1, guidance_scale=recipe["guidance"] + 4,
                                      generator=gens, output_type="latent").images
-    res["fewstep_loaded"] = any(m.startswith(("distill", "pipelines", "eval")) for m in sys.modules)
+    res["fewstep_loaded"] = any(m.split(".")[0] in ("fewstep", "distill", "pipelines", "eval") for m in sys.modules)
     torch.save(res, out)
 """)
 
@@ -69,20 +68,50 @@ def train(tmp_path, base_dir, method, kind, alpha=4, **method_cfg):
     return cfg, trainer
 
 
+@torch.no_grad()
+def consistency_sample(denoiser, cond: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor, *,
+                       rule: str, generator=None, timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+    """fewstep's own few-step sampler, written from the schedule math (not from diffusers' schedulers):
+    the oracle the exported stock schedulers are compared with.
+
+    rule="lcm" (multistep consistency sampling, Song et al. 2023 Alg. 1 with LCM's scalings): the
+        consistency function at each timestep, re-noised to the next one with fresh noise.
+    rule="tcd" (eta 0): DDIM jumps between the segment edges, the last one to timestep 0.
+    Fresh noise comes from diffusers' ``randn_tensor`` with ``generator``, so for the same seeds the
+    result compares with a stock pipeline number for number. Returns the final latents.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    abar = denoiser.alphas_cumprod
+    x = latents
+    for i, t in enumerate(timesteps.tolist()):
+        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        pred = denoiser(x, tt, cond, timestep_cond=timestep_cond)
+        nxt = torch.full_like(tt, int(timesteps[i + 1]) if i + 1 < len(timesteps) else 0)
+        if rule == "lcm":
+            denoised = schedules.consistency_function(x, pred.x0, tt)
+            if i + 1 == len(timesteps):
+                return denoised
+            a, s = schedules.alpha_sigma(abar, nxt)
+            x = a * denoised + s * randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        else:
+            x = schedules.ddim_jump(pred.x0, pred.eps, abar, nxt)
+    return x
+
+
 def fewstep_latents(trainer, recipe, steps, guidance):
     """fewstep's own sampler on the trained student, with the pipeline's initial noise and seeds."""
     from diffusers.utils.torch_utils import randn_tensor
 
     models = trainer.models
-    net = unwrap(models["target"] if "target" in models else models["student"]).eval()
+    models.modules[models.module_of("target")].eval()
+    net = models["target"]  # the exported role
     cond = models.encode_text(PROMPTS)
     gens = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
     unet = net.unet
     shape = (len(PROMPTS), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     latents = randn_tensor(shape, generator=gens, dtype=torch.float32)
     rule = "lcm" if recipe.scheduler == "LCMScheduler" else "tcd"
-    from fewstep.distill import schedules
-
     timesteps = schedules.consistency_timesteps(steps, recipe.scheduler_kwargs["original_inference_steps"])
     w_emb = None
     if unet.config.time_cond_proj_dim:
@@ -124,7 +153,7 @@ def test_export_matches_fewstep_sampler_in_plain_diffusers(tmp_path, base_dir, m
     base = load_pipeline(str(base_dir))
     base.scheduler = type(base.scheduler).from_config(base.scheduler.config)
     base_unet_out = base.unet(plain[1], torch.tensor([999]), encoder_hidden_states=trainer.models.encode_text(PROMPTS)).sample
-    net = unwrap(trainer.models["target"] if "target" in trainer.models else trainer.models["student"]).eval()
+    net = trainer.models["target"]
     student_out = net.unet(plain[1], torch.tensor([999]), encoder_hidden_states=trainer.models.encode_text(PROMPTS),
                            timestep_cond=None if not net.unet.config.time_cond_proj_dim else
                            guidance_embedding(torch.full((2,), recipe.guidance - 1.0),
@@ -134,3 +163,44 @@ def test_export_matches_fewstep_sampler_in_plain_diffusers(tmp_path, base_dir, m
         assert (plain["other_guidance"] - plain[1]).abs().max().item() > 1e-3
         ours = fewstep_latents(trainer, recipe, 1, recipe.guidance + 4)
         assert (ours - plain["other_guidance"]).abs().max().item() <= 1e-4
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Mixed precision is process-wide accelerate state: reset it around the test."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_mixed_precision_export_carries_full_precision_networks(tmp_path, base_dir, kind, fresh_accelerate_state):
+    """A bf16 run stores its frozen networks in bf16; its export must not: a LoRA's fingerprint is
+    that of the real (float32) base it loads onto, and a full pipeline's VAE and text encoder are the
+    teacher's own float32 weights."""
+    from fewstep.pipelines.export import check_lora_base
+
+    raw = run_dict(tmp_path, method="lcm", steps=2, checkpoint_every=0, mixed_precision="bf16")
+    raw["model"] = {"pretrained": str(base_dir)}
+    raw["student"] = {"kind": kind, "lora_rank": 4, "lora_alpha": 4}
+    raw["method"].update({"num_ddim_timesteps": 10})
+    cfg = parse_config(raw)
+    trainer = Trainer(cfg, load_pipeline(str(base_dir)))
+    trainer.train()
+    assert trainer.models.pipe.vae.dtype == torch.bfloat16  # what the export has to undo
+    out = export_run(trainer.method, trainer.models, cfg, tmp_path / "export", grid_prompts=PROMPTS)
+    assert (out / "samples.png").is_file()
+    base = load_pipeline(str(base_dir))
+    if kind == "lora":
+        check_lora_base(out, base.unet)  # raises if the fingerprint came from the bf16 copy
+        base.load_lora_weights(str(out))
+        assert base.unet.dtype == torch.float32
+        return
+    exported = load_pipeline(str(out))
+    for name in ("vae", "text_encoder"):
+        got, want = getattr(exported, name).state_dict(), getattr(base, name).state_dict()
+        assert all(got[k].dtype == torch.float32 and torch.equal(got[k], want[k]) for k in want), name
+    assert exported.unet.dtype == torch.float32

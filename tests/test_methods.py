@@ -1,5 +1,6 @@
 """Every method honours the same contract (the pattern of diffusers' SchedulerCommonTest):
-a finite loss per phase, gradients only in ``trainable()``, and determinism under a seed."""
+a finite loss per phase, gradients only in the roles the phase optimises (for a LoRA student: only
+adapter weights), and determinism under a seed."""
 import torch
 
 from fewstep.distill.run_config import parse_config
@@ -27,19 +28,24 @@ class MethodContract:
 
     def test_loss_is_finite_and_gradients_reach_only_trainable(self, tmp_path):
         method, models, batch = self.setup(tmp_path)
-        for phase in method.phases:
-            for m in list(models.modules.values()) + [models.pipe.vae, models.pipe.text_encoder, models.pipe.unet]:
+        networks = list(models.modules.values()) + [models.pipe.vae, models.pipe.text_encoder, models.pipe.unet]
+        named = {id(p): (n, p) for m in networks for n, p in m.named_parameters()}
+        for phase in method.phases():
+            for m in networks:
                 m.zero_grad(set_to_none=True)
             torch.manual_seed(0)
-            out = method.loss(models, batch, phase, step=0)
+            out = method.loss(models, {**batch, "handover": {}}, phase.name, step=0)
             assert out.loss.ndim == 0 and torch.isfinite(out.loss)
             out.loss.backward()
-            allowed = {id(p) for n in method.trainable(models, phase) for p in models[n].parameters()}
-            everything = {id(p): p for m in list(models.modules.values()) + [models.pipe.vae, models.pipe.text_encoder,
-                                                                           models.pipe.unet] for p in m.parameters()}
-            leaked = [p for i, p in everything.items() if p.grad is not None and i not in allowed]
-            assert not leaked, f"{len(leaked)} parameters outside trainable() got gradients"
-            got = [p for i, p in everything.items() if i in allowed and p.grad is not None and p.grad.abs().sum() > 0]
+            allowed = {id(p) for r in phase.modules for _, p in models.trainable_parameters(r)}
+            assert allowed, f"phase {phase.name} trains nothing"
+            with_grad = {i for i, (_, p) in named.items() if p.grad is not None}
+            leaked = [named[i][0] for i in with_grad - allowed]
+            assert not leaked, f"{len(leaked)} parameters outside phase {phase.name} got gradients, e.g. {leaked[:3]}"
+            if self.student.get("kind") == "lora":  # the frozen base must not train, only the adapters
+                names = [named[i][0] for i in with_grad]
+                assert names and all(".lora_" in n for n in names), [n for n in names if ".lora_" not in n][:3]
+            got = [i for i in with_grad & allowed if named[i][1].grad.abs().sum() > 0]
             assert got, "no trainable parameter received a gradient"
 
     def test_deterministic_under_a_seed(self, tmp_path):
@@ -47,7 +53,7 @@ class MethodContract:
         for _ in range(2):
             method, models, batch = self.setup(tmp_path)
             torch.manual_seed(7)
-            losses.append(method.loss(models, batch, method.phases[0], step=0).loss.item())
+            losses.append(method.loss(models, batch, method.phases()[0].name, step=0).loss.item())
         assert losses[0] == losses[1]
 
 

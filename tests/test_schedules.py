@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler
+from diffusers import DDIMScheduler, LCMScheduler, TCDScheduler
 
 from fewstep.distill import schedules as S
 
 T = 1000
 SD15 = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-STEP_COUNTS = [1, 2, 3, 4, 7, 8, 25, 48, 50]
 
 
 @pytest.mark.parametrize(
@@ -41,15 +40,13 @@ def test_config_rejections_name_the_value():
         S.alphas_cumprod_from_config({"rescale_betas_zero_snr": True})
 
 
-def test_unknown_prediction_type_and_spacing_named():
+def test_unknown_prediction_type_named():
     x = torch.zeros(1, 1, 1, 1)
     a = torch.ones(1, 1, 1, 1)
     with pytest.raises(ValueError, match="x_start"):
         S.x0_eps_from_output(x, x, a, a, "x_start")
     with pytest.raises(ValueError, match="x_start"):
         S.output_from_x0_eps(x, x, a, a, "x_start")
-    with pytest.raises(ValueError, match="sideways"):
-        S.inference_timesteps(4, "sideways")
 
 
 def test_alpha_sigma_shapes_and_final():
@@ -60,37 +57,80 @@ def test_alpha_sigma_shapes_and_final():
     torch.testing.assert_close((a**2 + s**2).flatten(), torch.ones(3, dtype=torch.float64))
     torch.testing.assert_close(a.flatten(), abar[t].sqrt())
     assert S.append_dims(torch.ones(2), 4).shape == (2, 1, 1, 1)
-    with pytest.raises(ValueError, match="alpha_sigma_prev"):
+    with pytest.raises(ValueError, match="negative"):
         S.alpha_sigma(abar, torch.tensor([-1]))
-    s_ = torch.tensor([-1, -20, 0, 999])
-    a1, s1 = S.alpha_sigma_prev(abar, s_, set_alpha_to_one=True, ndim=1)
-    a0, _ = S.alpha_sigma_prev(abar, s_, set_alpha_to_one=False, ndim=1)
-    assert a1.tolist()[:2] == [1.0, 1.0] and s1.tolist()[:2] == [0.0, 0.0]
-    torch.testing.assert_close(a0, abar[[0, 0, 0, 999]].sqrt())
-    torch.testing.assert_close(a1[2:], abar[[0, 999]].sqrt())
+
+
+def _model_outputs(sched, n, prediction_type, seed):
+    """(t, x_t, model output) at each of the scheduler's timesteps, random but fixed."""
+    g = torch.Generator().manual_seed(seed)
+    for t in sched.timesteps.tolist():
+        yield t, torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64), \
+            torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8, 25, 50])
-def test_ddim_step_matches_diffusers_sd15(prediction_type, n):
+def test_ddim_jump_matches_diffusers_ddim_sd15(prediction_type, n):
+    # SD1.x ships set_alpha_to_one=False: DDIM's last step (to t - T/n < 0) uses abar[0], which is
+    # the jump to timestep 0.
     sched = DDIMScheduler(
         **SD15, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
         prediction_type=prediction_type,
     )
     sched.set_timesteps(n)
     abar = S.alphas_cumprod_from_config(sched.config)
-    g = torch.Generator().manual_seed(n)
-    for t in sched.timesteps.tolist():
-        x_t = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
-        out = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    for t, x_t, out in _model_outputs(sched, n, prediction_type, n):
         ref = sched.step(out, t, x_t)
         tt = torch.full((2,), t)
         a_t, s_t = S.alpha_sigma(abar, tt)
         x0, eps = S.x0_eps_from_output(out, x_t, a_t, s_t, prediction_type)
-        a_s, s_s = S.alpha_sigma_prev(abar, tt - T // n, set_alpha_to_one=False)
-        x_s = S.ddim_step(x0, eps, a_s, s_s)
+        x_s = S.ddim_jump(x0, eps, abar, (tt - T // n).clamp(min=0))
         assert (x0 - ref.pred_original_sample).abs().max() <= 1e-5, t
         assert (x_s - ref.prev_sample).abs().max() <= 1e-5, t
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_ddim_jump_is_tcd_step_with_eta_zero(prediction_type, n):
+    """TCDScheduler with eta 0 (what the exported TSCD pipelines run) jumps to the next edge, the last
+    step to timestep 0: exactly a student's jump to its segment end."""
+    sched = TCDScheduler(**SD15, prediction_type=prediction_type, original_inference_steps=50)
+    sched.set_timesteps(n)
+    abar = S.alphas_cumprod_from_config(sched.config)
+    edges = sched.timesteps.tolist()[1:] + [0]
+    for (t, x_t, out), e in zip(_model_outputs(sched, n, prediction_type, 10 + n), edges):
+        ref = sched.step(out, t, x_t, eta=0.0).prev_sample
+        tt = torch.full((2,), t)
+        a_t, s_t = S.alpha_sigma(abar, tt)
+        x0, eps = S.x0_eps_from_output(out, x_t, a_t, s_t, prediction_type)
+        assert (S.ddim_jump(x0, eps, abar, torch.full((2,), e)) - ref).abs().max() <= 1e-5, t
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_consistency_function_is_lcm_schedulers_denoised(n):
+    sched = LCMScheduler(**SD15, original_inference_steps=50)
+    sched.set_timesteps(n)
+    abar = S.alphas_cumprod_from_config(sched.config)
+    for t, x_t, out in _model_outputs(sched, n, "epsilon", 20 + n):
+        ref = sched.step(out, t, x_t, generator=torch.Generator().manual_seed(0)).denoised
+        tt = torch.full((2,), t)
+        a_t, s_t = S.alpha_sigma(abar, tt)
+        x0, _ = S.x0_eps_from_output(out, x_t, a_t, s_t, "epsilon")
+        # diffusers' float32 schedule: ~1e-7 relative (x0 reaches ~30 at t = 999)
+        torch.testing.assert_close(S.consistency_function(x_t, x0, tt), ref, rtol=1e-6, atol=1e-6, msg=str(t))
+    # the boundary condition: at t = 0 the function returns its input, whatever the prediction
+    z, x0 = torch.randn(2, 2, 4, 4, 4, dtype=torch.float64)
+    assert torch.equal(S.consistency_function(z, x0, torch.zeros(2, dtype=torch.long)), z)
+
+
+def test_guidance_embedding_matches_lcm_pipeline():
+    from diffusers import LatentConsistencyModelPipeline
+
+    w = torch.tensor([0.0, 1.5, 7.0])
+    for dim in (32, 33, 256):
+        ref = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim)
+        torch.testing.assert_close(S.guidance_embedding(w, dim), ref, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -124,36 +164,6 @@ def test_ddim_step_with_true_x0_eps_lands_on_forward_noise():
         x0_hat, eps_hat = S.x0_eps_from_output(target, x_t, a_t, s_t, p)
         x_s = S.ddim_step(x0_hat, eps_hat, a_s, s_s)
         torch.testing.assert_close(x_s, a_s * x0 + s_s * eps, rtol=0, atol=1e-10)
-
-
-@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-@pytest.mark.parametrize("steps_offset", [0, 1])
-def test_timestep_grids_match_ddim(spacing, steps_offset):
-    sched = DDIMScheduler(timestep_spacing=spacing, steps_offset=steps_offset)
-    fn = {
-        "leading": S.timesteps_leading,
-        "trailing": S.timesteps_trailing,
-        "linspace": S.timesteps_linspace,
-    }[spacing]
-    kw = {"steps_offset": steps_offset} if spacing == "leading" else {}
-    for n in list(range(1, 51)) + [96, 112, 500, 999, 1000]:
-        sched.set_timesteps(n)
-        ours = S.inference_timesteps(n, spacing, T, steps_offset)
-        assert ours.dtype == torch.long
-        assert torch.equal(ours, sched.timesteps), (spacing, n)
-        assert torch.equal(fn(n, T, **kw), ours)
-        assert (ours[:-1] > ours[1:]).all()
-
-
-# EulerDiscreteScheduler's own numpy call emits a DeprecationWarning under numpy 2; not ours.
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("spacing", ["leading", "trailing"])
-def test_timestep_grids_match_euler(spacing):
-    sched = EulerDiscreteScheduler(**SD15, timestep_spacing=spacing, steps_offset=1)
-    for n in STEP_COUNTS:
-        sched.set_timesteps(n)
-        ours = S.inference_timesteps(n, spacing, T, steps_offset=1)
-        assert torch.equal(ours.float(), sched.timesteps), (spacing, n)
 
 
 def test_ddim_skip_grid_and_lcm_timesteps():

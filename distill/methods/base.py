@@ -1,4 +1,4 @@
-"""The method interface: hyperparameters in a typed config, phases, trainable modules and a loss.
+"""The method interface: hyperparameters in a typed config, phases over named roles, and a loss.
 
 A method never touches optimizers, accelerate, files or CLI arguments (DESIGN.md layer 3).
 """
@@ -12,6 +12,7 @@ import torch
 
 from fewstep.distill.config import StudentConfig
 from fewstep.distill.modelset import ModelSet, unwrap
+from fewstep.distill.phases import Phase
 from fewstep.distill.sampling import Recipe, apply_recipe, generate  # noqa: F401 (Recipe re-exported)
 
 
@@ -19,24 +20,30 @@ from fewstep.distill.sampling import Recipe, apply_recipe, generate  # noqa: F40
 class LossOutput:
     loss: torch.Tensor  # scalar to backpropagate
     logs: dict[str, float] = field(default_factory=dict)  # extra scalars to log
+    # Detached tensors for the later phases of the same iteration (e.g. DMD2's critic trains on the
+    # samples the generator just made); the loop detaches them and passes them on as batch["handover"].
+    handover: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Method:
-    """Base class; subclasses set ``Config`` and ``phases`` and implement build / trainable / loss."""
+    """Base class; subclasses set ``Config``, build their roles and implement ``loss``.
+
+    ``phases()`` declares what the loop runs (by default one ``student`` phase that trains the
+    ``student`` role on data batches); ``loss(models, batch, phase, step)`` gets the phase's name and
+    the iteration, and ``batch["handover"]`` holds what earlier phases of this iteration handed over.
+    """
 
     Config: ClassVar[type]
-    phases: ClassVar[tuple[str, ...]] = ("student",)
 
     def __init__(self, config, student: StudentConfig | None = None):
         config.check()
         self.config = config
         self.student_config = student or StudentConfig()
 
-    def build(self, pipe) -> ModelSet:
-        raise NotImplementedError
+    def phases(self) -> tuple[Phase, ...]:
+        return (Phase("student", ("student",)),)
 
-    def trainable(self, models: ModelSet, phase: str) -> list[str]:
-        """Names of the modules that ``phase`` optimises."""
+    def build(self, pipe) -> ModelSet:
         raise NotImplementedError
 
     def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:

@@ -8,7 +8,6 @@ import torch
 from fewstep.distill import schedules
 from fewstep.distill.denoiser import Prediction
 from fewstep.distill.modelset import ModelSet, unwrap
-from fewstep.distill.students import base_weights
 
 
 def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float) -> torch.Tensor:
@@ -22,15 +21,11 @@ def distance(pred: torch.Tensor, target: torch.Tensor, kind: str, c: float) -> t
 
 
 @torch.no_grad()
-def guided_teacher(models: ModelSet, lora: bool, x, t, cond, uncond, w) -> Prediction:
+def guided_teacher(models: ModelSet, x, t, cond, uncond, w) -> Prediction:
     """Teacher x0 / eps with CFG in LCM form cond + w (cond - uncond), i.e. standard scale 1 + w.
 
-    A LoRA student's teacher is its own UNet with the adapters switched off; a full student's is
-    the frozen ``models['teacher']``.
+    The ``teacher`` role is the frozen teacher UNet, or for a LoRA student its base weights.
     """
-    if lora:
-        with base_weights(models["student"]):
-            return unwrap(models["student"])(x, t, cond, uncond=uncond, guidance=1 + w)
     return models["teacher"](x, t, cond, uncond=uncond, guidance=1 + w)
 
 
@@ -43,7 +38,7 @@ def encode_prompts(models: ModelSet, captions: list[str]) -> tuple[torch.Tensor,
 
 
 class GridBatch(NamedTuple):
-    den: object  # the unwrapped student Denoiser (schedule, prediction type)
+    den: object  # the student role (its schedule and prediction type)
     latents: torch.Tensor  # clean latents of the batch
     cond: torch.Tensor  # text embeddings
     uncond: torch.Tensor  # empty-prompt embeddings
@@ -53,7 +48,7 @@ class GridBatch(NamedTuple):
 
 def grid_batch(models: ModelSet, batch: dict, num_ddim_timesteps: int) -> GridBatch:
     """What every consistency loss starts from: latents, prompts, and (t, s) on the skip grid."""
-    den = unwrap(models["student"])
+    den = unwrap(models["student"])  # for its schedule: the DDP wrapper does not carry it
     latents = models.encode_images(batch["pixels"])
     cond, uncond = encode_prompts(models, batch["captions"])
     t, s = skip_grid_points(den, num_ddim_timesteps, latents.shape[0], latents.device)

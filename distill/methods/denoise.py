@@ -6,9 +6,6 @@ that classifier-free guidance works (Ho & Salimans 2022, Sec. 3.2).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +14,7 @@ from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.methods.settings import DenoiseConfig
 from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
 from fewstep.distill.modelset import ModelSet, unwrap
+from fewstep.distill.phases import Phase
 
 
 def snr_weight(weighting: str, prediction_type: str, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -39,7 +37,9 @@ def snr_weight(weighting: str, prediction_type: str, alpha: torch.Tensor, sigma:
 
 class DenoiseMethod(Method):
     Config = DenoiseConfig
-    phases = ("student",)
+
+    def phases(self) -> tuple[Phase, ...]:
+        return (Phase("student", ("student", "text_encoder") if self.config.train_text_encoder else ("student",)),)
 
     def build(self, pipe) -> ModelSet:
         models = ModelSet(pipe)
@@ -53,9 +53,6 @@ class DenoiseMethod(Method):
             for name in list(models.modules):
                 models.add_ema(f"{name}_ema", name, self.config.ema_decay)
         return models
-
-    def trainable(self, models: ModelSet, phase: str) -> list[str]:
-        return [n for n in ("student", "text_encoder") if n in models]
 
     def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
         student = models["student"]

@@ -17,32 +17,21 @@ trains on states of the teacher's own trajectories instead of noised data: ``sta
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import torch
 
 from fewstep.distill import schedules
 from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
 from fewstep.distill.methods.common import distance, grid_batch, guided_teacher, noised
-from fewstep.distill.modelset import ModelSet, unwrap
 from fewstep.distill.methods.settings import Stage, TSCDConfig
-from fewstep.distill.students import build_students
+from fewstep.distill.modelset import ModelSet, unwrap
+from fewstep.distill.students import EXPORTED_ROLE, build_students
 
 
 class TSCDMethod(Method):
     Config = TSCDConfig
-    phases = ("student",)
-
-    @property
-    def lora(self) -> bool:
-        return self.student_config.kind == "lora"
 
     def build(self, pipe) -> ModelSet:
         return build_students(pipe, self.student_config, target_ema=self.config.target_ema)
-
-    def trainable(self, models: ModelSet, phase: str) -> list[str]:
-        return ["student"]
 
     def stage_at(self, step: int) -> Stage:
         """The stage a global step belongs to; past the last stage, the last one."""
@@ -77,43 +66,39 @@ class TSCDMethod(Method):
     def _teacher_state(self, models, latents, t, cond, uncond, w):
         """z_t on the teacher's own trajectory: the guided DDIM solver from pure noise at the top of
         the skip grid down to each sample's t (MLCM's training points)."""
-        den = unwrap(models["student"])
-        T, n = den.alphas_cumprod.shape[0], self.config.num_ddim_timesteps
+        abar = unwrap(models["teacher"]).alphas_cumprod
+        T, n = abar.shape[0], self.config.num_ddim_timesteps
         grid = schedules.ddim_skip_grid(n, T).flip(0).to(latents.device)
         z = torch.randn_like(latents)
         for cur, nxt in zip(grid[:-1], grid[1:]):
             active = t < cur
             if not active.any():
                 break
-            tt = cur.expand(len(z))
-            pred = guided_teacher(models, self.lora, z, tt, cond, uncond, w)
-            a, s = schedules.alpha_sigma(den.alphas_cumprod, nxt.expand(len(z)))
-            z = torch.where(schedules.append_dims(active, z.ndim), schedules.ddim_step(pred.x0, pred.eps, a, s), z)
+            pred = guided_teacher(models, z, cur.expand(len(z)), cond, uncond, w)
+            z_next = schedules.ddim_jump(pred.x0, pred.eps, abar, nxt.expand(len(z)))
+            z = torch.where(schedules.append_dims(active, z.ndim), z_next, z)
         return z
 
     def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
         cfg = self.config
         stage = self.stage_at(step)
-        student = models["student"]
         den, latents, cond, uncond, t, s = grid_batch(models, batch, cfg.num_ddim_timesteps)
         b, dev = latents.shape[0], latents.device
-        e = self.segment_targets(t, step, den.alphas_cumprod.shape[0])
+        abar = den.alphas_cumprod
+        e = self.segment_targets(t, step, abar.shape[0])
         w = torch.rand(b, device=dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
         if cfg.start == "teacher":
             z_t = self._teacher_state(models, latents, t, cond, uncond, w)
         else:
             z_t = noised(den, latents, t)
-        abar = den.alphas_cumprod
 
-        def jump(pred, to):  # DDIM jump of a prediction to timestep(s) ``to``
-            a, sg = schedules.alpha_sigma(abar, to)
-            return schedules.ddim_step(pred.x0, pred.eps, a, sg)
+        def jump(pred, to):  # a prediction's DDIM jump to timestep(s) ``to``
+            return schedules.ddim_jump(pred.x0, pred.eps, abar, to)
 
-        online = jump(student(z_t, t, cond), e)
+        online = jump(models["student"](z_t, t, cond), e)
         with torch.no_grad():
-            z_s = jump(guided_teacher(models, self.lora, z_t, t, cond, uncond, w), s)
-            target_net = models["target"] if "target" in models else den
-            target = torch.where(schedules.append_dims(s == e, z_s.ndim), z_s, jump(target_net(z_s, s, cond), e))
+            z_s = jump(guided_teacher(models, z_t, t, cond, uncond, w), s)
+            target = torch.where(schedules.append_dims(s == e, z_s.ndim), z_s, jump(models["target"](z_s, s, cond), e))
         loss = distance(online, target, cfg.loss, cfg.huber_c)
         return LossOutput(loss, {"segments": float(stage.segments)})
 
@@ -124,5 +109,4 @@ class TSCDMethod(Method):
                       steps or self.config.sample_steps, 1.0, trained_steps=trained)
 
     def to_pipeline(self, models: ModelSet):
-        net = models["target"] if "target" in models else models["student"]
-        return pipeline_with(models, unet=unwrap(net).unet), self.recipe()
+        return pipeline_with(models, unet=models[EXPORTED_ROLE].unet), self.recipe()

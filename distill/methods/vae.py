@@ -6,8 +6,6 @@ exported VAE's ``scaling_factor`` is 1 / std of its latents, measured over the d
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,6 +14,7 @@ from torch import nn
 from fewstep.distill.methods.settings import VaeConfig
 from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
 from fewstep.distill.modelset import ModelSet, unwrap
+from fewstep.distill.phases import Phase
 
 
 def edge_weights(x: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
@@ -51,16 +50,15 @@ class LatentStats(nn.Module):
 
 class VaeMethod(Method):
     Config = VaeConfig
-    phases = ("vae",)
+
+    def phases(self) -> tuple[Phase, ...]:
+        return (Phase("vae", ("vae",)),)
 
     def build(self, pipe) -> ModelSet:
         models = ModelSet(pipe)
         models["vae"] = pipe.vae.train().requires_grad_(True)
         models["latent_stats"] = LatentStats()
         return models
-
-    def trainable(self, models: ModelSet, phase: str) -> list[str]:
-        return ["vae"]
 
     def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
         # encode/decode are separate entry points, not forward(): under DDP this trains without

@@ -1,0 +1,133 @@
+"""The phase contract between a method and the loop.
+
+A method declares its phases (NVIDIA FastGen's and DMD2's shape: a generator phase, a critic phase
+that steps 5x as often, ...); the loop runs them without knowing any method:
+
+* ``modules``: the roles a phase optimises. While it runs, the roles of every other phase are frozen
+  (``requires_grad`` off) and called without their DDP wrapper: no gradient is computed or reduced
+  for them.
+* update rate: the phase runs on iterations ``i`` with ``i % every == 0`` and takes ``repeats``
+  optimizer steps there (two time-scale updates, Heusel et al. 2017; DMD2, Yin et al. 2024, Sec. 4.2).
+* ``data``: ``"batch"`` draws a data batch per micro-step, ``"prompts"`` keeps only its captions,
+  ``"none"`` draws nothing (the phase lives on what earlier phases handed over, or on noise).
+* optimizer settings per phase: ``train.phases.<name>`` (user) > ``train.phase_lr`` (lr only) >
+  the method's ``Phase.defaults`` > ``train.*``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Iterable, Literal
+
+import torch
+
+from fewstep.distill.config import ConfigError, PhaseConfig, TrainConfig
+
+DataNeed = Literal["batch", "prompts", "none"]
+PROMPT_KEYS = ("captions",)  # what a "prompts" phase keeps of a data batch
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimisation phase, as a method declares it (see the module docstring)."""
+
+    name: str  # in logs, in train.phases.<name>, and passed to Method.loss
+    modules: tuple[str, ...]  # the roles it optimises
+    data: DataNeed = "batch"
+    defaults: PhaseConfig = field(default_factory=PhaseConfig)  # the method's own settings for it
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """A phase with every setting resolved."""
+
+    phase: Phase
+    every: int
+    repeats: int
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    lr_schedule: str
+    lr_warmup_steps: int
+    max_grad_norm: float
+
+    @property
+    def name(self) -> str:
+        return self.phase.name
+
+    def due(self, iteration: int) -> bool:
+        return iteration % self.every == 0
+
+    def steps_until(self, iterations: int) -> int:
+        """Optimizer steps this phase takes in iterations ``0 .. iterations - 1``."""
+        return math.ceil(iterations / self.every) * self.repeats
+
+
+# Allowed values of PhaseConfig's numeric fields: [low, high), high None for no upper bound.
+_RANGES = {"lr": (0.0, None), "adam_beta1": (0.0, 1.0), "adam_beta2": (0.0, 1.0), "weight_decay": (0.0, None),
+           "lr_warmup_steps": (0, None), "max_grad_norm": (0.0, None), "every": (1, None), "repeats": (1, None)}
+_RATE_DEFAULTS = {"every": 1, "repeats": 1}  # the update-rate fields have no train.* counterpart
+
+
+def plan_phases(phases: Iterable[Phase], train: TrainConfig) -> list[PhasePlan]:
+    """Resolve every phase's settings; unknown phase names and out-of-range values name their key."""
+    phases = list(phases)
+    names = [p.name for p in phases]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"a method needs one or more uniquely named phases, got {names}")
+    for section, given in (("train.phases", train.phases), ("train.phase_lr", train.phase_lr)):
+        for key in given:
+            if key not in names:
+                raise ConfigError(f"{section}.{key}: this method has no phase {key!r}; its phases: {', '.join(names)}")
+    plans = []
+    for ph in phases:
+        user = train.phases.get(ph.name, PhaseConfig())
+        if user.lr is not None and ph.name in train.phase_lr:
+            raise ConfigError(f"train.phase_lr.{ph.name} and train.phases.{ph.name}.lr are both set; keep one")
+        values = {}
+        for f in fields(PhaseConfig):
+            chain = [(getattr(user, f.name), f"train.phases.{ph.name}.{f.name}")]
+            if f.name == "lr":
+                chain.append((train.phase_lr.get(ph.name), f"train.phase_lr.{ph.name}"))
+            chain.append((getattr(ph.defaults, f.name), f"the {ph.name} phase's default {f.name}"))
+            chain.append((_RATE_DEFAULTS[f.name], "default") if f.name in _RATE_DEFAULTS
+                         else (getattr(train, f.name), f"train.{f.name}"))
+            value, where = next((v, w) for v, w in chain if v is not None)
+            low, high = _RANGES.get(f.name, (None, None))
+            if low is not None and (value < low or (high is not None and value >= high)):
+                bound = f"in [{low}, {high})" if high is not None else f">= {low}"
+                raise ConfigError(f"{where}: must be {bound}, got {value}")
+            values[f.name] = value
+        plans.append(PhasePlan(ph, values["every"], values["repeats"], values["lr"],
+                               (values["adam_beta1"], values["adam_beta2"]), values["weight_decay"],
+                               values["lr_schedule"], values["lr_warmup_steps"], values["max_grad_norm"]))
+    return plans
+
+
+def build_optimizer(params: list[torch.nn.Parameter], plan: PhasePlan, iterations: int):
+    """AdamW and its LR schedule for one phase, over the optimizer steps it takes in ``iterations``."""
+    from diffusers.optimization import get_scheduler
+
+    opt = torch.optim.AdamW(params, lr=plan.lr, betas=plan.betas, weight_decay=plan.weight_decay)
+    sched = get_scheduler(plan.lr_schedule, opt, num_warmup_steps=plan.lr_warmup_steps,
+                          num_training_steps=plan.steps_until(iterations))
+    return opt, sched
+
+
+def freeze_all_but(params: dict[str, list[torch.nn.Parameter]], phase: str | None) -> None:
+    """requires_grad on for ``phase``'s parameters only (``None``: on for every phase's)."""
+    for name, ps in params.items():
+        if name != phase:
+            for p in ps:
+                p.requires_grad_(phase is None)
+    if phase is not None:
+        for p in params[phase]:
+            p.requires_grad_(True)
+
+
+def select_data(need: DataNeed, draw) -> dict:
+    """The batch a phase gets: ``draw()`` (a full data batch), its captions only, or nothing."""
+    if need == "none":
+        return {}
+    batch = draw()
+    return batch if need == "batch" else {k: batch[k] for k in PROMPT_KEYS}
