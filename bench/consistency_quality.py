@@ -1,16 +1,20 @@
-"""Quality of the consistency-family students against the teacher at 50 DDIM steps (issue targets).
+"""Quality of the consistency-family students against the teacher at 50 DDIM steps, with intervals.
 
 Each student is evaluated with the user-facing ``fewstep eval`` on the same held-out prompts and
-seeds as the teacher sweep (procedural seed 777, image i = generator seed i), then its attribute
-accuracy is divided by the teacher's at 50 DDIM steps, CFG 3, from that sweep's metrics.json:
+seeds as the teacher sweep (procedural seed 777, image i = generator seed i); then all rows are
+re-scored together (``pipelines.eval_compare.compare_reports``), so every student row carries a
+paired bootstrap difference to the teacher at 50 steps, and pairs of students are compared the
+same way. A target "ratio >= r" on an accuracy is met when the student's point value is at least
+r x the teacher's; it is *supported* when the lower end of the student's 95 % interval also is
+(the teacher's own interval at 50 steps is +-0.003 or less on these readings and is ignored).
 
     OMP_NUM_THREADS=1 python bench/consistency_quality.py \
         --student lcm-lora=runs/tiny-lcm-lora --student tscd-lora=runs/tiny-tscd-lora \
         --student lcm-full=runs/tiny-lcm-full --num-images 1000 --out bench/results/consistency
 
-Writes <out>/<label>/ (the eval report of each student) and <out>/summary.json + summary.md with
-the ratios for both readings of "attribute accuracy": the mean over the five attributes and the
-stricter "all five right at once".
+Writes <out>/<label>/ (the eval report of each student), <out>/combined/ (all rows re-scored with
+the teacher sweep: report.md with the paired-difference table), <out>/<a>-vs-<b>@<steps>/ and
+<out>/summary.json + summary.md.
 """
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fewstep.pipelines.eval_compare import compare_reports  # noqa: E402
+
 # Targets of the consistency issue: steps -> minimum ratio to the teacher's accuracy.
 TARGETS = {
     "lcm-lora": {4: 0.95, 2: 0.85},
@@ -28,90 +36,120 @@ TARGETS = {
 }
 BETTER_THAN = {"tscd-lora": ("lcm-lora", (1, 2))}  # TSCD must beat LCM-LoRA at 1 and 2 steps
 READINGS = ("mean", "all")
+COMPARED = ("fid", "fid_infinity", "attribute_accuracy.all", "attribute_accuracy.mean", "recall", "diversity")
 
 
-def teacher_row(metrics: Path, steps: int) -> dict:
-    rows = [r for r in json.loads(metrics.read_text())["rows"] if r["family"].startswith("teacher") and
-            r["steps"] == steps]
-    if not rows:
-        sys.exit(f"{metrics}: no teacher row at {steps} steps")
-    return rows[0]
-
-
-def evaluate(run: str, steps: list[int], num_images: int, out: Path) -> list[dict]:
+def evaluate(run: str, steps: list[int], num_images: int, out: Path) -> None:
     fewstep = Path(sys.executable).with_name("fewstep")
     cmd = [str(fewstep), "eval", "--run", run, "--teacher-steps", "", "--steps", ",".join(map(str, steps)),
-           "--num-images", str(num_images), "--out", str(out)]
+           "--num-images", str(num_images), "--no-floor", "--out", str(out)]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    return json.loads((out / "metrics.json").read_text())["rows"]
+
+
+def rows_of(metrics: Path) -> list[dict]:
+    return json.loads(metrics.read_text())["rows"]
+
+
+def fmt(x: float) -> str:
+    return f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def diff_text(d: dict) -> str:
+    star = "*" if d["lo"] > 0 or d["hi"] < 0 else ""
+    return f"{fmt(d['diff'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]{star}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--student", action="append", required=True, metavar="KIND=RUN_DIR",
                    help=f"kind one of {sorted(TARGETS)}; repeatable")
-    p.add_argument("--teacher-metrics", default="bench/results/teacher-sweep/metrics.json")
+    p.add_argument("--teacher-report", default="bench/results/teacher-sweep",
+                   help="fewstep eval report of the teacher sweep (holds the 50-step row)")
     p.add_argument("--teacher-steps", type=int, default=50)
     p.add_argument("--num-images", type=int, default=1000)
     p.add_argument("--steps", default="1,2,4,8")
-    p.add_argument("--reuse", action="store_true", help="read <out>/<kind>/metrics.json instead of evaluating")
+    p.add_argument("--reuse", action="store_true", help="read <out>/<kind>/ instead of evaluating again")
     p.add_argument("--out", default="bench/results/consistency")
     args = p.parse_args()
 
     out = Path(args.out)
-    teacher = teacher_row(Path(args.teacher_metrics), args.teacher_steps)
-    if teacher["num_images"] != args.num_images:
-        sys.exit(f"teacher metrics hold {teacher['num_images']} images, not --num-images {args.num_images}")
-    results: dict[str, dict[int, dict]] = {}
-    runs = {}
+    runs, names = {}, {}
     for spec in args.student:
         kind, _, run = spec.partition("=")
         if kind not in TARGETS or not run:
             sys.exit(f"--student {spec!r}: expected KIND=RUN_DIR with KIND in {sorted(TARGETS)}")
         runs[kind] = run
         steps = sorted({int(s) for s in args.steps.split(",")} | set(TARGETS[kind]))
-        metrics = out / kind / "metrics.json"
-        rows = (json.loads(metrics.read_text())["rows"] if args.reuse and metrics.is_file()
-                else evaluate(run, steps, args.num_images, out / kind))
-        results[kind] = {r["steps"]: r for r in rows if not r["family"].startswith("teacher")}
+        if not (args.reuse and (out / kind / "metrics.json").is_file()):
+            evaluate(run, steps, args.num_images, out / kind)
+        names[kind] = rows_of(out / kind / "metrics.json")[0]["model"]
 
-    checks, lines = [], []
+    baseline = ("teacher", args.teacher_steps)
+    compare_reports([args.teacher_report, *(out / k for k in runs)], out / "combined", baseline=baseline)
+    rows = rows_of(out / "combined" / "metrics.json")
+    teacher = next(r for r in rows if r["model"] == baseline[0] and r["steps"] == baseline[1])
+    if teacher["num_images"] != args.num_images:
+        sys.exit(f"teacher report holds {teacher['num_images']} images, not --num-images {args.num_images}")
+    by = {(r["model"], r["steps"]): r for r in rows}
     t_acc = teacher["attribute_accuracy"]
-    lines.append(f"Teacher: DDIM {args.teacher_steps} steps, CFG {teacher['guidance']:g}: attribute mean "
-                 f"{t_acc['mean']:.3f}, all {t_acc['all']:.3f}, FID {teacher['fid']:.1f} ({args.num_images} prompts)\n")
-    lines.append("| student | steps | FID | CLIP | attr. mean | ratio | attr. all | ratio | target | met (mean / all) |")
-    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for kind, rows in results.items():
-        for steps, r in sorted(rows.items()):
-            acc = r["attribute_accuracy"]
+    checks, lines = [], []
+    lines.append(f"Teacher: DDIM {args.teacher_steps} steps (trailing), CFG {teacher['guidance']:g}: attribute mean "
+                 f"{t_acc['mean']:.3f}, all {t_acc['all']:.3f}, FID {teacher['fid']:.1f}, FID-inf "
+                 f"{teacher['fid_infinity']:.1f} ({args.num_images} prompts). Intervals: 95 % paired bootstrap; "
+                 "`*`: the interval of the difference excludes 0.\n")
+    lines.append("| student | steps | attr. all [95 % CI] | ratio (CI low) | attr. mean | ratio (CI low) | target | "
+                 "met / supported (all) | FID - teacher | FID-inf - teacher | recall - teacher | "
+                 "diversity - teacher |")
+    lines.append("| --- " * 12 + "|")
+    for kind, name in names.items():
+        for (model, steps), r in sorted(by.items(), key=lambda kv: kv[0][1]):
+            if model != name:
+                continue
+            acc, ci, vs = r["attribute_accuracy"], r["ci"], r["vs_teacher"]
             ratio = {k: acc[k] / t_acc[k] for k in READINGS}
+            low = {k: ci[f"attribute_accuracy.{k}"][0] / t_acc[k] for k in READINGS}
             target = TARGETS[kind].get(steps)
             met = {k: target is None or ratio[k] >= target for k in READINGS}
+            supported = {k: target is None or low[k] >= target for k in READINGS}
             if target is not None:
                 checks.append({"student": kind, "steps": steps, "target": target,
-                               **{f"ratio_{k}": ratio[k] for k in READINGS}, **{f"met_{k}": met[k] for k in READINGS}})
-            lines.append(f"| {kind} | {steps} | {r['fid']:.1f} | {r['clip_score']:.3f} | {acc['mean']:.3f} | "
-                         f"{ratio['mean']:.3f} | {acc['all']:.3f} | {ratio['all']:.3f} | "
-                         f"{'>= %.2f' % target if target else '-'} | "
-                         f"{'/'.join('yes' if met[k] else 'NO' for k in READINGS) if target else '-'} |")
+                               **{f"ratio_{k}": ratio[k] for k in READINGS},
+                               **{f"ratio_ci_low_{k}": low[k] for k in READINGS},
+                               **{f"met_{k}": met[k] for k in READINGS},
+                               **{f"supported_{k}": supported[k] for k in READINGS}})
+            lo_all, hi_all = ci["attribute_accuracy.all"]
+            verdict = (f"{'yes' if met['all'] else 'NO'} / {'yes' if supported['all'] else 'no'}" if target else "-")
+            lines.append(f"| {kind} | {steps} | {acc['all']:.3f} [{lo_all:.3f}, {hi_all:.3f}] | "
+                         f"{ratio['all']:.3f} ({low['all']:.3f}) | {acc['mean']:.3f} | {ratio['mean']:.3f} "
+                         f"({low['mean']:.3f}) | {'>= %.2f' % target if target else '-'} | {verdict} | "
+                         + " | ".join(diff_text(vs[m]) if m in vs else "-" for m in
+                                      ("fid", "fid_infinity", "recall", "diversity")) + " |")
     for kind, (other, steps_list) in BETTER_THAN.items():
-        if kind in results and other in results:
-            for steps in steps_list:
-                a, b = results[kind][steps]["attribute_accuracy"], results[other][steps]["attribute_accuracy"]
-                checks.append({"student": kind, "steps": steps, "better_than": other,
-                               **{f"met_{k}": a[k] > b[k] for k in READINGS}})
-                lines.append(f"\n{kind} vs {other} at {steps} steps: mean {a['mean']:.3f} vs {b['mean']:.3f}, "
-                             f"all {a['all']:.3f} vs {b['all']:.3f}")
-    summary = {"teacher": {"metrics": args.teacher_metrics, "steps": args.teacher_steps,
-                           "attribute_accuracy": t_acc, "fid": teacher["fid"]},
+        if kind not in names or other not in names:
+            continue
+        for steps in steps_list:
+            pair = out / f"{kind}-vs-{other}@{steps}"
+            compare_reports([out / other, out / kind], pair, baseline=(names[other], steps))
+            row = next(r for r in rows_of(pair / "metrics.json") if r["model"] == names[kind] and r["steps"] == steps)
+            vs = row["vs_teacher"]  # versus the baseline row: ``other`` at ``steps``
+            checks.append({"student": kind, "steps": steps, "better_than": other,
+                           **{f"diff_{m}": vs[m] for m in COMPARED if m in vs},
+                           **{f"met_{k}": vs[f"attribute_accuracy.{k}"]["diff"] > 0 for k in READINGS},
+                           **{f"supported_{k}": vs[f"attribute_accuracy.{k}"]["lo"] > 0 for k in READINGS}})
+            lines.append(f"\n{kind} - {other} at {steps} steps (paired): "
+                         + ", ".join(f"{m} {diff_text(vs[m])}" for m in COMPARED if m in vs))
+    summary = {"teacher": {"report": args.teacher_report, "steps": args.teacher_steps,
+                           "attribute_accuracy": t_acc, "fid": teacher["fid"],
+                           "fid_infinity": teacher["fid_infinity"]},
                "runs": runs, "checks": checks,
-               "all_met": {k: all(c[f"met_{k}"] for c in checks) for k in READINGS}}
+               "all_met": {k: all(c[f"met_{k}"] for c in checks) for k in READINGS},
+               "all_supported": {k: all(c[f"supported_{k}"] for c in checks) for k in READINGS}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print("all targets met:", summary["all_met"])
+    print("all targets met:", summary["all_met"], "supported by the intervals:", summary["all_supported"])
 
 
 if __name__ == "__main__":

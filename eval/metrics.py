@@ -1,42 +1,38 @@
-"""FID and KID with a chosen feature network: streaming, float64 statistics, cached reference stats.
+"""FID / KID inputs: a chosen feature network, streaming float64 reference statistics, a cache.
 
-Our pipeline extracts features once per batch with a :class:`eval.features.FeatureNet` and feeds them
-to torchmetrics' ``FrechetInceptionDistance`` / ``KernelInceptionDistance`` through a pass-through
-feature module, so one pass serves both metrics, and the reference side is a small
-:class:`FeatureStats` object cached on disk under a caller-given key (the reference pass runs once).
-EDM2's ``calculate_stats_for_iterable`` is the model: one code path for reference and generated sets.
+The reference side (thousands of held-out images, the same for every row of a sweep) is streamed
+through :func:`compute_stats` into a small :class:`FeatureStats` (running float64 sums of x and
+x x^T, and a bounded uniform sample of feature vectors for KID / precision-recall), cached on disk
+under a key that names the source completely (EDM2's ``calculate_stats_for_iterable`` is the model:
+one code path for every image set). The generated side of a row is kept as its feature matrix
+(n x d floats: 0.5 MB for 1,000 embedded images, 8 MB for 1,000 Inception ones), because the
+bootstrap, FID-infinity and precision/recall resample its rows. The distances themselves are the
+pure functions of :mod:`eval.distances`.
 
 Conventions (state them in every report; numbers from different protocols are not comparable):
 
-- FID (Heusel et al. 2017): ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^1/2); torchmetrics keeps
-  running sums of x and x x^T in float64, so memory is O(d^2) however many images stream through.
-  Covariances use the unbiased (n - 1) normaliser. With fewer images than feature dimensions the
-  covariance is rank-deficient and FID is biased upwards (>= 2048 images for Inception). FID also
-  falls with the number of images: compare only at equal counts.
-- KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
-  k(x, y) = (x.y / d + 1)^3, averaged over ``kid_subsets`` random subsets of ``kid_subset_size``.
-  torchmetrics keeps *every* feature for KID; we keep a uniform reservoir sample (Vitter's
-  Algorithm R) of at most ``kid_max_features`` per side, so memory stays bounded; KID is then
-  estimated on that sample (exact whenever fewer images than the cap stream through). KID is not
-  scale-free: embedded-feature KIDs are large numbers and only comparable with each other.
-- Features are extracted in the network's dtype (float32) and every statistic is float64
-  (``set_dtype(torch.float64)`` on the metrics). Images are quantised to uint8 first.
+- FID (Heusel et al. 2017) with unbiased covariances; with fewer images than feature dimensions
+  the covariance is rank-deficient and FID is biased upwards. FID falls with the number of images:
+  compare only at equal counts, or use FID-infinity (:func:`eval.distances.fid_infinity`).
+- KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic kernel between all generated
+  features and the reference sample. The reference sample is a uniform reservoir (Vitter's
+  Algorithm R) of at most ``kid_max_features`` vectors, exact whenever fewer images stream through.
+  KID is not scale-free: embedded-feature KIDs are large numbers, comparable only with each other.
+- Features are extracted in the network's dtype (float32), statistics are float64, and images are
+  quantised to uint8 first.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
+from fewstep.eval.distances import FrechetReference, KernelReference, fid, kid
 from fewstep.eval.features import (  # noqa: F401  (re-exported: the metrics API in one import)
     FEATURE_NETS,
     INCEPTION_WEIGHTS_FILE,
@@ -49,25 +45,10 @@ from fewstep.eval.features import (  # noqa: F401  (re-exported: the metrics API
 from fewstep.eval.files import atomic_write
 from fewstep.eval.images import uint8_batches
 
+STATS_FORMAT = 2  # part of every cache key: bump when FeatureStats' meaning changes
+
 # --------------------------------------------------------------------------------------------
 # Statistics
-
-
-class _Passthrough(nn.Module):
-    """A torchmetrics ``feature`` module whose "images" are already features."""
-
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = int(num_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-def _fid_metric(num_features: int):
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    return FrechetInceptionDistance(feature=_Passthrough(num_features), reset_real_features=False).set_dtype(torch.float64)
 
 
 @dataclass
@@ -77,7 +58,7 @@ class FeatureStats:
     Attributes:
         feature_net: the :attr:`FeatureNet.identity` the features came from.
         num_images: images seen.
-        features_sum: float64 ``[d]``, sum of feature vectors (torchmetrics' FID state layout).
+        features_sum: float64 ``[d]``, sum of feature vectors.
         features_cov_sum: float64 ``[d, d]``, sum of outer products x x^T.
         kid_features: float32 ``[k, d]``, a uniform sample of at most ``kid_max_features`` feature
             vectors (all of them when fewer images were seen).
@@ -100,7 +81,7 @@ class FeatureStats:
         return self.features_sum / self.num_images
 
     def cov(self) -> torch.Tensor:
-        """Unbiased feature covariance, float64 ``[d, d]`` (the same formula torchmetrics uses)."""
+        """Unbiased feature covariance, float64 ``[d, d]``."""
         mu = self.mean()
         return (self.features_cov_sum - self.num_images * torch.outer(mu, mu)) / (self.num_images - 1)
 
@@ -156,6 +137,25 @@ class _Reservoir:
             self.rows[j[i]] = x[i]
 
 
+def _feature_batches(images: Iterable, feature_net: FeatureNet, batch_size: int, progress: bool):
+    batches = uint8_batches(images, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="features", unit="batch")
+    for batch in batches:
+        yield feature_net(batch).detach().cpu()
+
+
+def extract_features(images: Iterable, feature_net: FeatureNet, *, batch_size: int = 64,
+                     progress: bool = False) -> torch.Tensor:
+    """Features ``[n, d]`` (float32, CPU) of a stream of images, one row per image in stream order."""
+    feats = list(_feature_batches(images, feature_net, batch_size, progress))
+    if not feats:
+        raise MetricsError("no images to extract features from")
+    return torch.cat(feats)
+
+
 def compute_stats(
     images: Iterable,
     feature_net: FeatureNet,
@@ -166,13 +166,13 @@ def compute_stats(
     progress: bool = False,
     key: str = "",
 ) -> FeatureStats:
-    """Stream images through ``feature_net`` into :class:`FeatureStats` (one code path for both sides).
+    """Stream images through ``feature_net`` into :class:`FeatureStats`; memory O(d^2 + kid_max_features d).
 
     Args:
         images: iterable of images or batches (see :func:`eval.images.uint8_batches`).
         feature_net: from :func:`load_feature_net`.
         batch_size: images per feature-network call.
-        kid_max_features: size of the KID reservoir sample; memory is O(d^2 + kid_max_features d).
+        kid_max_features: size of the uniform feature sample kept for KID and precision/recall.
         seed: seeds the reservoir sampling.
         progress: show a tqdm counter.
         key: recorded in the stats (see :func:`compute_reference_stats`).
@@ -180,26 +180,30 @@ def compute_stats(
     Returns:
         The statistics. Raises MetricsError if fewer than 2 images arrived.
     """
-    fid = _fid_metric(feature_net.num_features)
-    res = _Reservoir(kid_max_features, feature_net.num_features, seed)
-    batches = uint8_batches(images, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="features", unit="batch")
-    for batch in batches:
-        feats = feature_net(batch).detach().cpu()
-        fid.update(feats, real=True)  # torchmetrics adds sum(x) and x^T x in float64
+    d = feature_net.num_features
+    total, outer = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
+    res = _Reservoir(kid_max_features, d, seed)
+    n = 0
+    for feats in _feature_batches(images, feature_net, batch_size, progress):
+        x = feats.double()
+        total += x.sum(0)
+        outer += x.T @ x
         res.add(feats)
-    n = int(fid.real_features_num_samples)
+        n += x.shape[0]
     if n < 2:
         raise MetricsError(f"FID/KID need at least 2 images per set, got {n}")
-    return FeatureStats(feature_net.identity, n, fid.real_features_sum.clone(), fid.real_features_cov_sum.clone(), res.rows, key)
+    return FeatureStats(feature_net.identity, n, total, outer, res.rows, key)
 
 
-def cache_path(cache_dir: str | os.PathLike, key: str, feature_net: FeatureNet, kid_max_features: int) -> Path:
-    """File that holds the reference statistics for ``key`` under ``feature_net`` in ``cache_dir``."""
-    full = f"{key}|features={feature_net.identity}|kid_max={kid_max_features}"
+def cache_path(cache_dir: str | os.PathLike, key: str, feature_net: FeatureNet | str, kid_max_features: int) -> Path:
+    """File that holds the reference statistics for ``key`` under ``feature_net`` in ``cache_dir``.
+
+    The name hashes the key (which names the image source, e.g. the renderer version), the feature
+    network's identity (its weights' fingerprint; a network or its identity string), the sample size
+    and :data:`STATS_FORMAT`.
+    """
+    identity = feature_net if isinstance(feature_net, str) else feature_net.identity
+    full = f"{key}|features={identity}|kid_max={kid_max_features}|stats={STATS_FORMAT}"
     return Path(cache_dir) / f"ref-{hashlib.sha256(full.encode()).hexdigest()[:24]}.safetensors"
 
 
@@ -217,7 +221,7 @@ def compute_reference_stats(
         feature_net: from :func:`load_feature_net`; its identity is part of the cache key.
         cache_dir: directory of cached statistics; None disables caching.
         key: describes the reference source completely, e.g.
-            ``"procedural:seed=12345:n=5000"``. Two sources must never share a key.
+            ``"procedural:renderer=2:seed=12345:n=5000"``. Two sources must never share a key.
         **kwargs: passed to :func:`compute_stats` (``batch_size``, ``kid_max_features``, ...).
 
     Returns:
@@ -239,126 +243,45 @@ def compute_reference_stats(
     return stats
 
 
-# --------------------------------------------------------------------------------------------
-# Distances
+def feature_health(stats: FeatureStats, rel_tol: float = 1e-10) -> dict:
+    """Dead dimensions and covariance rank of a feature set (a degenerate feature network warns).
 
-
-def fid_kid_from_stats(
-    generated: FeatureStats,
-    reference: FeatureStats,
-    *,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    seed: int = 0,
-) -> dict:
-    """FID and KID between two :class:`FeatureStats` (torchmetrics formulas, float64).
-
-    Args:
-        generated, reference: statistics from the same feature network.
-        kid_subsets: number of random subsets KID is averaged over.
-        kid_subset_size: images per subset; capped at the smaller reservoir size (reported).
-        seed: seeds the subset draws, so KID is reproducible.
-
-    Returns:
-        ``{"fid", "kid_mean", "kid_std", "kid_subset_size", "kid_subsets", "num_generated",
-        "num_reference", "features"}``; ``kid_*`` is NaN when a side has fewer than 2 features.
+    A dimension is dead when its variance is at most ``rel_tol`` times the largest variance (a ReLU
+    unit that never fires); the rank counts covariance eigenvalues above ``rel_tol`` times the
+    largest. Returns ``{"dimension", "dead_dimensions", "covariance_rank", "warning"}``; ``warning``
+    is None for a healthy network.
     """
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    if generated.feature_net != reference.feature_net:
-        raise MetricsError(
-            f"statistics come from different feature networks: generated {generated.feature_net!r}, "
-            f"reference {reference.feature_net!r}"
-        )
-    d = reference.num_features
-    fid = _fid_metric(d)
-    fid.merge_state({
-        "real_features_sum": reference.features_sum.double(),
-        "real_features_cov_sum": reference.features_cov_sum.double(),
-        "real_features_num_samples": torch.tensor(reference.num_images),
-        "fake_features_sum": generated.features_sum.double(),
-        "fake_features_cov_sum": generated.features_cov_sum.double(),
-        "fake_features_num_samples": torch.tensor(generated.num_images),
-    })
-    # An empty update (adds zero to every sum) marks the metric as updated and records float64 as
-    # the output dtype; the statistics themselves arrive through the public merge_state.
-    fid.update(torch.zeros(0, d, dtype=torch.float64), real=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*will save all extracted features")
-        fid_value = float(fid.compute())
-        size = min(kid_subset_size, reference.kid_features.shape[0], generated.kid_features.shape[0])
-        kid_mean = kid_std = math.nan
-        if size >= 2:
-            kid = KernelInceptionDistance(feature=_Passthrough(d), subsets=kid_subsets, subset_size=size).set_dtype(torch.float64)
-            kid.update(reference.kid_features.double(), real=True)
-            kid.update(generated.kid_features.double(), real=False)
-            with torch.random.fork_rng(devices=[]):  # torchmetrics draws subsets from the global RNG
-                torch.manual_seed(seed)
-                m, s = kid.compute()
-            kid_mean, kid_std = float(m), float(s)
-    if max(generated.num_images, reference.num_images) < d:
-        warnings.warn(f"FID from fewer images than feature dimensions ({d}): covariances are rank-deficient", stacklevel=2)
-    return {
-        "fid": fid_value, "kid_mean": kid_mean, "kid_std": kid_std, "kid_subset_size": size, "kid_subsets": kid_subsets,
-        "num_generated": generated.num_images, "num_reference": reference.num_images, "features": reference.feature_net,
-    }
+    cov = stats.cov()
+    var = torch.diagonal(cov)
+    eig = torch.linalg.eigvalsh(cov)
+    top = float(eig.max()) if eig.numel() else 0.0
+    d = stats.num_features
+    dead = int((var <= rel_tol * float(var.max())).sum())
+    rank = int((eig > rel_tol * top).sum())
+    warning = None
+    if dead or rank < d:
+        warning = (f"degenerate features ({stats.feature_net}): {dead} of {d} dimensions never vary and the "
+                   f"covariance has rank {rank} < {d} on {stats.num_images} reference images; FID only sees "
+                   f"the {rank}-dimensional subspace the reference spans")
+    return {"dimension": d, "dead_dimensions": dead, "covariance_rank": rank, "warning": warning}
 
 
-def fid_kid(
-    generated: Iterable,
-    reference: FeatureStats,
-    feature_net: FeatureNet,
-    *,
-    batch_size: int = 64,
-    kid_max_features: int = 10_000,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    seed: int = 0,
-    progress: bool = False,
-) -> dict:
-    """Stream generated images and compare them with cached reference statistics.
+# --------------------------------------------------------------------------------------------
+# One-call distances
 
-    Args:
-        generated: iterable of generated images / batches.
-        reference: from :func:`compute_reference_stats` with the same ``feature_net``.
-        feature_net: from :func:`load_feature_net`.
-        batch_size, kid_max_features, progress: see :func:`compute_stats`.
-        kid_subsets, kid_subset_size, seed: see :func:`fid_kid_from_stats`.
+
+def fid_kid(generated: Iterable, reference: FeatureStats, feature_net: FeatureNet, *, batch_size: int = 64,
+            progress: bool = False) -> dict:
+    """FID and KID of a stream of generated images against cached reference statistics.
 
     Returns:
-        The dict of :func:`fid_kid_from_stats`.
+        ``{"fid", "kid", "num_generated", "num_reference", "features"}``.
     """
     if reference.feature_net != feature_net.identity:
         raise MetricsError(f"reference statistics were computed with {reference.feature_net!r}, not {feature_net.identity!r}")
-    gen = compute_stats(generated, feature_net, batch_size=batch_size, kid_max_features=kid_max_features, seed=seed + 1,
-                        progress=progress)
-    return fid_kid_from_stats(gen, reference, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
-
-
-def frechet_distance_scipy(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """FID from means and covariances with ``scipy.linalg.sqrtm`` (pytorch-fid's formulation).
-
-    An implementation independent of torchmetrics (which uses eigenvalues of S1 S2), used to
-    cross-check it. Follows pytorch-fid: if the product is near-singular, offset both diagonals
-    by 1e-6; drop a negligible imaginary part from sqrtm.
-
-    Returns:
-        d^2 = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^1/2).
-    """
-    from scipy import linalg
-
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
-    covmean = linalg.sqrtm(cov1 @ cov2)  # ReLU features with dead units make S1 S2 singular: warns, still accurate
-    if not np.isfinite(covmean).all():
-        off = np.eye(cov1.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((cov1 + off) @ (cov2 + off))
-    covmean = np.real(covmean)
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
-
-
-def stats_summary(stats: FeatureStats) -> str:
-    """One-line JSON description of a stats object (for logs and reports)."""
-    return json.dumps({"key": stats.key, "features": stats.feature_net, "num_images": stats.num_images,
-                       "kid_sample": int(stats.kid_features.shape[0])})
+    x = extract_features(generated, feature_net, batch_size=batch_size, progress=progress)
+    if x.shape[0] < 2:
+        raise MetricsError(f"FID/KID need at least 2 images per set, got {x.shape[0]}")
+    return {"fid": fid(x, FrechetReference.from_moments(reference.mean(), reference.cov())),
+            "kid": kid(x, KernelReference.from_features(reference.kid_features)),
+            "num_generated": int(x.shape[0]), "num_reference": reference.num_images, "features": reference.feature_net}

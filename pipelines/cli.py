@@ -87,7 +87,10 @@ def _eval_parser(sub) -> None:
     v.add_argument("--lora", help="student LoRA folder (pytorch_lora_weights.safetensors) on top of --pipeline")
     v.add_argument("--steps", metavar="N,N,..", help="student step counts (default: those of 1,2,4,8 it was "
                                                      "trained for)")
-    v.add_argument("--teacher", help="teacher pipeline, sampled with DDIMScheduler (no teacher rows without it)")
+    v.add_argument("--teacher", help="teacher pipeline, sampled with DDIMScheduler and trailing timestep spacing, which "
+                                     "starts every step count at t=999 (no teacher rows without it)")
+    v.add_argument("--teacher-leading", action="store_true",
+                   help="also a teacher row with the pipeline's default (leading) spacing, labelled as such")
     v.add_argument("--teacher-steps", metavar="N,N,..", help="teacher step counts (default 25,50; '' for no "
                                                              "teacher rows); the largest is the speedup baseline")
     v.add_argument("--num-images", type=int, help="images per row (default 1000)")
@@ -99,8 +102,16 @@ def _eval_parser(sub) -> None:
     v.add_argument("--clip", metavar="SPEC", help="CLIP model: embedded (default), ARCH:/weights, local-dir:PATH")
     v.add_argument("--reference", metavar="procedural|DIR", help="FID reference (default: procedural scenes, seed "
                                                                  "12345)")
-    v.add_argument("--reference-images", type=int, help="reference size (default max(num-images, 1000) scenes, "
+    v.add_argument("--reference-images", type=int, help="reference size (default max(5 x num-images, 5000) scenes, "
                                                         "or every image of DIR)")
+    v.add_argument("--bootstrap", type=int, help="resamples behind every interval (default 200; same indices in "
+                                                 "every row, so differences are paired)")
+    v.add_argument("--fid-infinity-resamples", type=int, help="resamples for FID-infinity's interval (default 50, "
+                                                              "10 for Inception features on a CPU)")
+    v.add_argument("--diversity-prompts", type=int, help="prompts generated with extra seeds for per-prompt "
+                                                         "diversity (default 16)")
+    v.add_argument("--diversity-seeds", type=int, help="extra seeds per diversity prompt (default 8)")
+    v.add_argument("--no-floor", action="store_true", help="leave out the real-images (floor) row")
     v.add_argument("--prompts", metavar="FILE", help="one prompt per line (default: captions of held-out "
                                                      "procedural scenes, seed 777)")
     v.add_argument("--batch-size", type=int, help="images per pipeline call (default 64)")
@@ -270,14 +281,15 @@ def cmd_eval(args) -> int:
             raise UserError("--run evaluates the run's export: leave out --pipeline / --lora")
         src = ev.run_entries(args.run)
         config = dataclasses.replace(src.config, **flags)
-        src = ev.run_entries(args.run, config, teacher=args.teacher, scheduler=args.scheduler)
+        src = ev.run_entries(args.run, config, teacher=args.teacher, scheduler=args.scheduler,
+                             leading_baseline=args.teacher_leading)
         entries, out = src.entries, Path(args.out) if args.out else src.out
     elif args.pipeline:
         config = dataclasses.replace(EvalConfig(), **flags)
         if args.teacher is None and "teacher_steps" in flags:
             raise UserError("--teacher-steps without --teacher")
         entries = ev.build_entries(args.pipeline, config, lora=args.lora, teacher=args.teacher,
-                                   scheduler=args.scheduler)
+                                   scheduler=args.scheduler, leading_baseline=args.teacher_leading)
         out = Path(args.out) if args.out else Path("runs") / f"eval-{entries[-1].name}"
     else:
         raise UserError("give --pipeline DIR (with --lora, --teacher as needed) or --run RUN_DIR")
@@ -287,8 +299,14 @@ def cmd_eval(args) -> int:
         if not path.is_file():
             raise UserError(f"--prompts {path}: file not found")
         prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    extra = {"bootstrap": args.bootstrap, "fid_infinity_resamples": args.fid_infinity_resamples,
+             "diversity_prompts": args.diversity_prompts, "diversity_seeds": args.diversity_seeds}
+    for flag, value in extra.items():
+        if value is not None and value < (0 if flag == "fid_infinity_resamples" else 1):
+            raise UserError(f"--{flag.replace('_', '-')} {value}: must be a positive number")
     spec = ev.spec_from_config(config, prompts=prompts, reference_images=args.reference_images,
-                               latency_batch=args.latency_batch, cache_dir=args.cache_dir, device=_device(args.device))
+                               latency_batch=args.latency_batch, cache_dir=args.cache_dir, device=_device(args.device),
+                               floor=not args.no_floor, **{k: v for k, v in extra.items() if v is not None})
     paths = ev.run_sweep(entries, spec, out)
     print(f"fewstep: wrote {paths['report_md']} ({', '.join(p.name for k, p in paths.items() if k != 'report_md')})",
           file=sys.stderr)

@@ -1,8 +1,12 @@
 """What an evaluation sweep compares: model entries (pipeline, optional LoRA, stock-scheduler recipe, steps).
 
 A student's recipe comes from the ``fewstep_recipe.json`` of its LoRA folder, else of its pipeline
-folder (what ``pipelines.export`` writes), else the pipeline's own scheduler; the teacher always
-samples with DDIMScheduler. Nothing here loads a model: :mod:`pipelines.evaluate` does, after
+folder (what ``pipelines.export`` writes), else the pipeline's own scheduler. The teacher samples
+with DDIMScheduler and *trailing* timestep spacing (1 step: t = 999; 2: 999, 499; 4: 999, 749,
+499, 249), as SDXL-Lightning, Hyper-SD and TCD compare: SD1.5's default "leading" spacing starts
+a 1-step sampler at t = 1 and a 2-step one at t = 501, so its few-step rows would measure a sampler
+that never starts from pure noise, not the teacher. A leading-spacing row can be added, labelled as
+what a default pipeline does. Nothing here loads a model: :mod:`pipelines.evaluate` does, after
 checking every entry.
 """
 from __future__ import annotations
@@ -20,6 +24,8 @@ from fewstep.pipelines.teacher import resolve
 DEFAULT_GUIDANCE = 7.5  # StableDiffusionPipeline's own default, for pipelines without a fewstep recipe
 STUDENT_STEPS = (1, 2, 4, 8)  # default student step counts (those the student was trained for)
 TEACHER_METHODS = ("denoise", "vae")  # runs that train a teacher: their export is evaluated as the teacher
+TEACHER_SPACING = "trailing"  # DDIM timestep spacing of teacher rows (module docstring)
+LEADING_NAME = "teacher (default pipeline, leading)"  # the optional leading-spacing baseline row
 
 
 @dataclass
@@ -67,13 +73,16 @@ def default_steps(recipe: Recipe) -> list[int]:
 
 
 def teacher_entry(pipeline: str, steps: list[int], guidance: float | None = None, name: str = "teacher",
-                  family: str = "teacher (DDIM)") -> ModelEntry:
-    """The teacher with DDIMScheduler (its recipe's DDIM settings if it has them) at each of ``steps``.
+                  family: str | None = None, spacing: str = TEACHER_SPACING) -> ModelEntry:
+    """The teacher with DDIMScheduler (its recipe's DDIM settings if it has them, ``spacing`` always) at
+    each of ``steps``.
 
     Guidance: ``guidance``, else the teacher's fewstep recipe, else diffusers' default 7.5.
     """
     own = read_recipe(pipeline)
     kwargs = dict(own.scheduler_kwargs) if own is not None and own.scheduler == "DDIMScheduler" else {}
+    kwargs["timestep_spacing"] = spacing
+    family = family or f"teacher (DDIM, {spacing})"
     if guidance is None:
         guidance = own.guidance if own is not None else DEFAULT_GUIDANCE
     steps = sorted(set(steps))
@@ -98,11 +107,16 @@ def student_entry(pipeline: str, *, lora: str | None = None, steps: list[int] = 
 
 
 def build_entries(pipeline: str, config: EvalConfig, *, lora: str | None = None, teacher: str | None = None,
-                  scheduler: str | None = None, name: str | None = None, family: str | None = None) -> list[ModelEntry]:
-    """The teacher (if given, and ``config.teacher_steps`` not empty) at ``config.teacher_steps`` and the
-    student at ``config.steps``."""
+                  scheduler: str | None = None, name: str | None = None, family: str | None = None,
+                  leading_baseline: bool = False) -> list[ModelEntry]:
+    """The teacher (if given, and ``config.teacher_steps`` not empty) at ``config.teacher_steps`` with
+    trailing spacing, optionally again with a default pipeline's leading spacing, and the student at
+    ``config.steps``."""
     entries = ([teacher_entry(teacher, config.teacher_steps, config.teacher_guidance)]
                if teacher and config.teacher_steps else [])
+    if entries and leading_baseline:
+        entries.append(teacher_entry(teacher, config.teacher_steps, config.teacher_guidance, LEADING_NAME,
+                                     "teacher (DDIM, leading: default pipeline)", spacing="leading"))
     return entries + [student_entry(pipeline, lora=lora, steps=config.steps, guidance=config.guidance,
                                     scheduler=scheduler, name=name, family=family)]
 
@@ -117,7 +131,7 @@ class RunEntries:
 
 
 def run_entries(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, teacher: str | None = None,
-                scheduler: str | None = None) -> RunEntries:
+                scheduler: str | None = None, leading_baseline: bool = False) -> RunEntries:
     """Entries for ``runs/<name>``: its export (a pipeline, or a LoRA on ``model.pretrained``) against
     the teacher ``model.pretrained``. A run that trains a teacher (``denoise``) is evaluated alone, as
     a teacher, at ``steps + teacher_steps``.
@@ -142,5 +156,5 @@ def run_entries(run_dir: str | os.PathLike, config: EvalConfig | None = None, *,
         raise EvalError(f"{export} holds a LoRA but {run / 'config.yaml'} names no model.pretrained base")
     entries = build_entries(cfg.model.pretrained if lora else str(export), config, lora=str(export) if lora else None,
                             teacher=teacher or cfg.model.pretrained, scheduler=scheduler, name=cfg.name,
-                            family=f"{cfg.method.name}-{cfg.student.kind}")
+                            family=f"{cfg.method.name}-{cfg.student.kind}", leading_baseline=leading_baseline)
     return RunEntries(entries, config, run / "eval")

@@ -120,3 +120,8 @@ def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypa
     (tmp_path / "tiny" / "lcm_lora.yaml").write_text("name: mine\n")  # a user's own file wins
     assert config_path("tiny/lcm_lora.yaml") == Path("tiny/lcm_lora.yaml")
     assert config_path("tiny/nothing") == Path("tiny/nothing")
+
+
+@pytest.mark.parametrize("flag", ["--bootstrap", "--diversity-prompts", "--diversity-seeds"])
+def test_eval_sampling_knobs_reject_non_positive_values(capsys, flag):
+    one_clear_line(fewstep(capsys, "eval", "--pipeline", "tiny-sd", "--steps", "25", flag, "0"), flag)

@@ -96,7 +96,7 @@ def test_sweep_writes_consistent_report(models, tmp_path, capsys):
     assert prompts == procedural_prompts(n) and len(set(prompts)) > 1
     assert protocol["prompts_sha256"] == hashlib.sha256("\n".join(prompts).encode()).hexdigest()
     assert "manual_seed(i)" in protocol["seeds"] and protocol["num_images"] == n and protocol["resolution"] == "32x32"
-    assert protocol["reference"] == "procedural:seed=12345:n=64" and protocol["reference_images"] == 64
+    assert protocol["reference"] == "procedural:renderer=1:seed=12345:n=64" and protocol["reference_images"] == 64
     assert protocol["features"].startswith("embedded:") and protocol["clip_model"] == "embedded:tiny-clip"
     assert protocol["models"]["lora"]["recipe"]["trained_steps"] == TRAINED
     assert len(list((tmp_path / "cache").glob("ref-*.safetensors"))) == 1

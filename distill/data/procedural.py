@@ -18,6 +18,8 @@ import torch
 
 RESOLUTION = 32
 SUPERSAMPLE = 4
+# Bump on any change to what a (seed, index) renders: cached FID reference statistics are keyed by it.
+RENDERER_VERSION = 1
 
 # Shape colours (RGB) are far apart from each other and from every background.
 COLORS: dict[str, tuple[int, int, int]] = {
