@@ -228,6 +228,18 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def read_yaml(path: str | Path) -> Any:
+    """The parsed YAML of ``path`` (None-safe: an empty file is ``{}``); a missing file or bad YAML is a
+    :class:`ConfigError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+
+
 def apply_override(data: dict, assignment: str) -> None:
     """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
     if "=" not in assignment:

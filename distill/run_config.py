@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 
-from fewstep.distill.config import ConfigError, MethodSpec, RunConfig, apply_override, from_dict
+from fewstep.distill.config import ConfigError, MethodSpec, RunConfig, apply_override, from_dict, read_yaml
 from fewstep.distill.methods.settings import CONFIGS
 
 
@@ -36,13 +35,7 @@ def parse_config(data: dict) -> RunConfig:
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML config file, apply ``--set`` overrides, and type it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    data = read_yaml(path)
     for o in overrides:
         apply_override(data, o)
     return parse_config(data)

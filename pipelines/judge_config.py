@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import yaml
 
 # LR_SCHEDULES: the training loop's schedule names, all built by diffusers' ``get_scheduler``.
-from fewstep.distill.config import LR_SCHEDULES, ConfigError, from_dict
+from fewstep.distill.config import LR_SCHEDULES, ConfigError, from_dict, read_yaml
 
 
 def _positive(section: str, **values: float) -> None:
@@ -129,13 +128,7 @@ BuildConfig = TypeVar("BuildConfig", ClassifierBuildConfig, TinyClipBuildConfig)
 
 def load_build_config(path: str | Path, cls: type[BuildConfig]) -> BuildConfig:
     """Read and type a judge build config; every problem is a :class:`ConfigError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at top level")
     try:
