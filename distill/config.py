@@ -60,15 +60,22 @@ class StudentConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["procedural", "imagefolder"] = "procedural"
-    seed: int = 0  # procedural: the split's seed; imagefolder: shuffle seed
-    path: str | None = None  # imagefolder: folder with images and metadata.jsonl
-    caption_column: str = "text"  # imagefolder: the caption key in metadata.jsonl
+    source: Literal["procedural", "imagefolder", "prompts"] = "procedural"  # prompts: captions only, no images
+    seed: int = 0  # procedural, prompts without path: the split's seed; imagefolder, prompts file: shuffle seed
+    path: str | None = None  # imagefolder: folder with images and metadata.jsonl; prompts: a .txt or .jsonl
+    caption_column: str = "text"  # imagefolder: the caption key in metadata.jsonl; prompts: in the .jsonl
     resolution: int = 32  # imagefolder: images are resized and centre-cropped to this
     num_workers: int = 0
 
 
-LR_SCHEDULES = Literal["constant", "cosine", "linear"]
+LR_SCHEDULES = Literal["constant", "constant_with_warmup", "cosine", "linear"]
+
+
+def schedule_name(schedule: str, warmup_steps: int) -> str:
+    """The diffusers ``get_scheduler`` name that honours ``lr_warmup_steps``: its ``constant`` schedule
+    ignores warm-up, so ``constant`` with a warm-up runs as ``constant_with_warmup`` (the knob never
+    silently does nothing)."""
+    return "constant_with_warmup" if schedule == "constant" and warmup_steps else schedule
 
 
 @dataclass
@@ -96,7 +103,7 @@ class TrainConfig:
     phase_lr: dict[str, float] = field(default_factory=dict)  # per-phase lr (older form of phases.<name>.lr)
     phases: dict[str, PhaseConfig] = field(default_factory=dict)  # per-phase optimizer settings and update rate
     lr_schedule: LR_SCHEDULES = "constant"
-    lr_warmup_steps: int = 0
+    lr_warmup_steps: int = 0  # linear warm-up; with "constant" the run is diffusers' "constant_with_warmup"
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     weight_decay: float = 0.0

@@ -21,7 +21,7 @@ from typing import Iterable, Literal
 
 import torch
 
-from fewstep.distill.config import ConfigError, PhaseConfig, TrainConfig
+from fewstep.distill.config import ConfigError, PhaseConfig, TrainConfig, schedule_name
 
 DataNeed = Literal["batch", "prompts", "none"]
 PROMPT_KEYS = ("captions",)  # what a "prompts" phase keeps of a data batch
@@ -109,7 +109,8 @@ def build_optimizer(params: list[torch.nn.Parameter], plan: PhasePlan, iteration
     from diffusers.optimization import get_scheduler
 
     opt = torch.optim.AdamW(params, lr=plan.lr, betas=plan.betas, weight_decay=plan.weight_decay)
-    sched = get_scheduler(plan.lr_schedule, opt, num_warmup_steps=plan.lr_warmup_steps,
+    sched = get_scheduler(schedule_name(plan.lr_schedule, plan.lr_warmup_steps), opt,
+                          num_warmup_steps=plan.lr_warmup_steps,
                           num_training_steps=plan.steps_until(iterations))
     return opt, sched
 

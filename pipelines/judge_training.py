@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 
+from fewstep.distill.config import schedule_name
 from fewstep.distill.data.procedural import ProceduralDataset
 from fewstep.pipelines.judge_config import OptimConfig
 
@@ -32,7 +33,8 @@ def procedural_batches(seed: int, batch_size: int, key: str) -> Iterator[tuple[t
 
 def lr_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """The training loop's schedule (``distill.loop``): diffusers' ``get_scheduler`` with the same arguments."""
-    return get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+    return get_scheduler(schedule_name(cfg.lr_schedule, cfg.warmup_steps), opt, num_warmup_steps=cfg.warmup_steps,
+                         num_training_steps=cfg.steps)
 
 
 def _gaussian_kernels(sigma: torch.Tensor, radius: int = 2) -> torch.Tensor:

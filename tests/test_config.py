@@ -67,3 +67,25 @@ RUN_CONFIGS = sorted(p for p in __import__("pathlib").Path(__file__).resolve().p
 def test_shipped_run_configs_parse(path):
     cfg = load_config(path)
     assert cfg.name and cfg.train.steps > 0
+
+
+def test_constant_schedule_honours_its_warmup():
+    """diffusers' 'constant' ignores num_warmup_steps; fewstep's 'constant' with a warm-up warms up."""
+    import torch
+    from diffusers.optimization import get_scheduler
+
+    from fewstep.distill.config import schedule_name
+
+    def lrs(schedule, warmup):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = get_scheduler(schedule_name(schedule, warmup), opt, num_warmup_steps=warmup, num_training_steps=20)
+        out = []
+        for _ in range(6):
+            out.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs("constant", 4) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lrs("constant", 0) == [1.0] * 6
+    assert schedule_name("cosine", 4) == "cosine"
