@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from fewstep.distill import checkpoints
 from fewstep.distill.config import ConfigError, RunConfig, TrainConfig, save_config
-from fewstep.distill.data import build_dataset, collate
+from fewstep.distill.data import build_dataset, collate, has_images
 from fewstep.distill.files import atomic_dir
 from fewstep.distill.methods.base import Method
 from fewstep.distill.methods.registry import REGISTRY
@@ -90,12 +90,26 @@ def make_accelerator(tc: TrainConfig) -> Accelerator:
     return Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=handlers)
 
 
+def preflight(cfg: RunConfig, method: Method | None = None) -> list[PhasePlan]:
+    """Everything about a run that can be checked before a model is loaded: the method's phases
+    against ``train.phases`` (names, ranges), the data source (files are read and validated here),
+    and whether it has the images each phase needs. Returns the phase plans."""
+    method = method or REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
+    plans = plan_phases(method.phases(), cfg.train)
+    build_dataset(cfg.data)
+    needy = [p.name for p in plans if p.phase.data == "batch"]
+    if needy and not has_images(cfg.data):
+        raise ConfigError(f"data.source: {cfg.data.source!r} has no images, but the {', '.join(needy)} phase(s) of "
+                          f"method {cfg.method.name!r} train on image batches")
+    return plans
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, pipe, accelerator: Accelerator | None = None, method: Method | None = None):
         self.cfg, tc = cfg, cfg.train
         self.run_dir = cfg.run_dir
         self.method: Method = method or REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
-        self.plans: list[PhasePlan] = plan_phases(self.method.phases(), tc)
+        self.plans: list[PhasePlan] = preflight(cfg, self.method)
         self.acc = accelerator or make_accelerator(tc)
         set_seed(tc.seed, device_specific=True)
         self.models: ModelSet = self.method.build(pipe).to(self.acc.device)
@@ -146,8 +160,7 @@ class Trainer:
 
     def _validation_batch(self) -> dict:
         v = self.cfg.validation
-        ds = build_dataset(self.cfg.data, seed=v.seed) if self.cfg.data.source == "procedural" else \
-            build_dataset(self.cfg.data)
+        ds = build_dataset(self.cfg.data, seed=v.seed)  # held-out split where the source has one
         items = [ds[i % len(ds)] for i in range(v.num_images)]
         batch = collate(items)
         if v.prompts:

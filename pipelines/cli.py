@@ -152,8 +152,9 @@ def cmd_train(args) -> int:
     from fewstep.distill.run_config import load_config
 
     cfg = load_config(config_path(args.config), args.overrides)  # before anything heavy is imported: errors come fast
-    from fewstep.distill.loop import Trainer, list_checkpoints
+    from fewstep.distill.loop import Trainer, list_checkpoints, preflight
 
+    preflight(cfg)  # phases, data files, images each phase needs: checked before the teacher is loaded
     resume = None
     if args.resume:
         if args.resume == "latest":

@@ -125,3 +125,18 @@ def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypa
 @pytest.mark.parametrize("flag", ["--bootstrap", "--diversity-prompts", "--diversity-seeds"])
 def test_eval_sampling_knobs_reject_non_positive_values(capsys, flag):
     one_clear_line(fewstep(capsys, "eval", "--pipeline", "tiny-sd", "--steps", "25", flag, "0"), flag)
+
+
+def test_prompt_only_source_for_a_method_that_needs_images_fails_before_loading(capsys, tmp_path):
+    """A phase that trains on image batches cannot run on a prompts file: one line, before any model."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a large red circle on the left, gray background\n")
+    raw = run_dict(tmp_path, method="lcm")
+    raw["model"] = {"pretrained": str(tmp_path / "no-such-teacher")}  # never reached
+    raw["data"] = {"source": "prompts", "path": str(prompts)}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    one_clear_line(fewstep(capsys, "train", cfg), "data.source")
+    raw["data"] = {"source": "prompts", "path": str(tmp_path / "missing.txt")}
+    cfg.write_text(yaml.safe_dump(raw))
+    one_clear_line(fewstep(capsys, "train", cfg), "missing.txt")
