@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fewstep.distill import schedules
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.methods.settings import DenoiseConfig
 from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
+from fewstep.distill.methods.score import denoising_loss
 from fewstep.distill.modelset import ModelSet, unwrap
 from fewstep.distill.phases import Phase
 
@@ -67,9 +67,8 @@ class DenoiseMethod(Method):
         alpha, sigma = den.alpha_sigma(t)
         x_t = alpha * latents + sigma * noise
         pred = student(x_t, t, cond)
-        target = schedules.output_from_x0_eps(latents, noise, alpha, sigma, den.prediction_type)
         weight = snr_weight(self.config.weighting, den.prediction_type, alpha, sigma)
-        loss = (weight * (pred.output.float() - target.float()) ** 2).mean()
+        loss = denoising_loss(pred.output, latents, noise, alpha, sigma, den.prediction_type, weight)
         return LossOutput(loss, {"x0_mse": F.mse_loss(pred.x0.float(), latents).item()})
 
     def to_pipeline(self, models: ModelSet):

@@ -4,6 +4,7 @@ Importing this builds every method (torch, diffusers); the settings alone are in
 """
 from fewstep.distill.methods.base import Method
 from fewstep.distill.methods.denoise import DenoiseMethod
+from fewstep.distill.methods.dmd import DMDMethod
 from fewstep.distill.methods.lcm import LCMMethod
 from fewstep.distill.methods.settings import CONFIGS
 from fewstep.distill.methods.tscd import TSCDMethod
@@ -11,6 +12,7 @@ from fewstep.distill.methods.vae import VaeMethod
 
 REGISTRY: dict[str, type[Method]] = {
     "denoise": DenoiseMethod,
+    "dmd": DMDMethod,
     "lcm": LCMMethod,
     "tscd": TSCDMethod,
     "vae": VaeMethod,

@@ -97,5 +97,24 @@ class TSCDConfig:
             raise ConfigError(f"method.w_min ({self.w_min}) is above method.w_max ({self.w_max})")
 
 
+@dataclass
+class DMDConfig:
+    fake_steps_per_generator: int = 5  # TTUR: fake-score optimizer steps per generator step (DMD2 Sec. 4.2)
+    real_guidance: float = 3.0  # teacher CFG scale of the real score, uncond + s (cond - uncond); the tiny teacher's best
+    t_min: int = 20  # the DMD gradient's timestep t ~ U[t_min, t_max] (DMD2: 0.02 T .. 0.98 T)
+    t_max: int = 980
+
+    def check(self) -> None:
+        if self.fake_steps_per_generator < 1:
+            raise ConfigError(f"method.fake_steps_per_generator: must be >= 1 (fake-score steps per generator step), "
+                              f"got {self.fake_steps_per_generator}")
+        for key in ("t_min", "t_max"):
+            if not 0 <= getattr(self, key) < 1000:
+                raise ConfigError(f"method.{key}: must be a timestep in [0, 1000), got {getattr(self, key)}")
+        if self.t_min >= self.t_max:
+            raise ConfigError(f"method.t_min ({self.t_min}) must be below method.t_max ({self.t_max})")
+
+
 # config name -> settings class (the method classes: methods.REGISTRY, under the same names)
-CONFIGS: dict[str, type] = {"denoise": DenoiseConfig, "lcm": LCMConfig, "tscd": TSCDConfig, "vae": VaeConfig}
+CONFIGS: dict[str, type] = {"denoise": DenoiseConfig, "dmd": DMDConfig, "lcm": LCMConfig, "tscd": TSCDConfig,
+                            "vae": VaeConfig}
