@@ -6,7 +6,6 @@ when the dataset is built, so a broken dataset fails before training, naming the
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 
 from fewstep.distill.config import ConfigError
+from fewstep.distill.data.jsonl import jsonl_records
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -24,14 +24,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise ConfigError(f"data.path: {meta} not found (one JSON line per image: "
                               f'{{"file_name": ..., "{caption_column}": ...}})')
         self.items: list[tuple[Path, str]] = []
-        for n, line in enumerate(meta.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{meta}:{n}: not valid JSON ({e})") from None
-            if "file_name" not in rec or caption_column not in rec:
+        for n, rec in jsonl_records(meta, meta.read_text().splitlines()):
+            if not isinstance(rec, dict) or "file_name" not in rec or caption_column not in rec:
                 raise ConfigError(f"{meta}:{n}: needs keys 'file_name' and '{caption_column}'")
             path = self.root / rec["file_name"]
             if not path.is_file():

@@ -16,12 +16,12 @@ whole when the dataset is built, so a bad line fails before any training step, n
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from fewstep.distill.config import ConfigError
+from fewstep.distill.data.jsonl import jsonl_records
 from fewstep.distill.data.procedural import caption, sample_scene
 
 SUFFIXES = (".txt", ".jsonl")
@@ -62,13 +62,7 @@ def _txt_prompts(lines: list[str]) -> list[str]:
 def _jsonl_prompts(lines: list[str], path: Path, column: str) -> list[str]:
     """The caption column of every non-blank line (the imagefolder metadata convention)."""
     out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for n, rec in jsonl_records(path, lines):
         if not isinstance(rec, dict) or column not in rec:
             keys = ", ".join(map(repr, rec)) if isinstance(rec, dict) else f"a JSON {type(rec).__name__}"
             raise ConfigError(f"{path}:{n}: no caption key '{column}' (data.caption_column); found {keys or 'no keys'}")
