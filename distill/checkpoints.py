@@ -57,6 +57,15 @@ def module_states(models: ModelSet, trained: dict[str, set[str]]) -> dict[str, d
     return out
 
 
+def first_non_finite(states: dict[str, dict[str, torch.Tensor]]) -> str | None:
+    """``module/tensor`` of the first floating-point tensor in ``states`` holding a NaN or an infinity."""
+    for module, tensors in states.items():
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return f"{module}/{name}"
+    return None
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

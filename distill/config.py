@@ -2,12 +2,15 @@
 
 Every key is checked against the dataclass fields before any work starts: an unknown key names
 itself and the allowed keys, an ill-typed value names its key, the expected type and what came.
+Each numeric field carries its allowed range next to it (``ranged``), checked by ``from_dict`` for
+every dataclass it builds; no float may be NaN or infinite.
 The method section is typed by the method's own config class in ``run_config`` (which knows the
 registry), so this module imports no method.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,20 +26,108 @@ class ConfigError(ValueError):
     """A config problem the user can fix; the message names the key or file."""
 
 
+class DivergedError(FloatingPointError):
+    """Training produced a non-finite loss or weights; nothing was saved. The message names the step
+    and the last good checkpoint (a user error: lower the learning rate and resume)."""
+
+
+RANGE = "fewstep_range"  # dataclass field metadata key
+MAX_LR = 1e3  # no AdamW run wants more; far larger values overflow float32 inside torch's optimizer step
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric field: bounds (None: unbounded), each closed or open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    what: str = ""  # a noun for the message, e.g. "a timestep"
+
+    def describe(self) -> str:
+        what = f"{self.what} " if self.what else ""
+        if self.low is not None and self.high is not None:
+            return (f"{what}in {'(' if self.low_open else '['}{self.low}, {self.high}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{what}{'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None:
+            return f"{what}{'<' if self.high_open else '<='} {self.high}"
+        return f"{what or 'a '}finite number"
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def check(self, key: str, value: float) -> None:
+        """Raise a one-line :class:`ConfigError` naming ``key``, the range and ``value`` if it is outside."""
+        if not self.contains(value):
+            rule = "a finite number" if not math.isfinite(value) else self.describe()
+            raise ConfigError(f"{key}: must be {rule}, got {value}")
+
+
+def bounds(*, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+           what: str = "") -> Range:
+    """A :class:`Range` from ``ge``/``gt`` (low bound) and ``le``/``lt`` (high bound)."""
+    return Range(gt if gt is not None else ge, lt if lt is not None else le, gt is not None, lt is not None, what)
+
+
+def ranged(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **limits: Any) -> Any:
+    """A dataclass field with its allowed range (``bounds`` keywords); a list or mapping field's range
+    holds for each item. ``from_dict`` checks it."""
+    return field(default=default, default_factory=factory, metadata={RANGE: bounds(**limits)})
+
+
+def field_range(cls: type, name: str) -> Range | None:
+    """The range written next to field ``name`` of dataclass ``cls`` (None if it has none)."""
+    return next(f.metadata.get(RANGE) for f in dataclasses.fields(cls) if f.name == name)
+
+
+def check_range(rng: Range, value: Any, key: str) -> None:
+    """Check ``value`` (a number, None, or a list / mapping of numbers) against ``rng``."""
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_range(rng, v, f"{key}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_range(rng, v, f"{key}.{k}")
+    elif isinstance(value, (int, float)):
+        rng.check(key, value)
+
+
+def check_ranges(obj: Any, prefix: str) -> None:
+    """Check every ranged field of the dataclass instance ``obj`` (and of dataclasses nested in it), for
+    settings built in code rather than through ``from_dict``: a method constructed directly checks too."""
+    for f in dataclasses.fields(obj):
+        value, where = getattr(obj, f.name), f"{prefix}.{f.name}"
+        if RANGE in f.metadata:
+            check_range(f.metadata[RANGE], value, where)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for i, item in enumerate(items):
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                check_ranges(item, f"{where}[{i}]" if item is not value else where)
+
+
 @dataclass
 class TinyArch:
     """Architecture of a fresh tiny Stable-Diffusion pipeline (only for training an embedded teacher)."""
 
-    resolution: int = 32  # image side in pixels
-    text_hidden: int = 64  # CLIP text encoder width (= UNet cross-attention dim)
-    text_layers: int = 2
-    text_heads: int = 4
-    max_length: int = 16  # tokenizer model_max_length, BOS and EOS included
-    vae_channels: list[int] = field(default_factory=lambda: [16, 32, 32])  # 3 blocks: f=4
-    latent_channels: int = 4
-    unet_channels: list[int] = field(default_factory=lambda: [48, 96, 96])
-    unet_layers_per_block: int = 1
-    unet_attention_head_dim: int = 8
+    resolution: int = ranged(32, ge=8)  # image side in pixels
+    text_hidden: int = ranged(64, ge=1)  # CLIP text encoder width (= UNet cross-attention dim)
+    text_layers: int = ranged(2, ge=1)
+    text_heads: int = ranged(4, ge=1)
+    max_length: int = ranged(16, ge=3)  # tokenizer model_max_length, BOS and EOS included
+    vae_channels: list[int] = ranged(factory=lambda: [16, 32, 32], ge=1)  # 3 blocks: f=4
+    latent_channels: int = ranged(4, ge=1)
+    unet_channels: list[int] = ranged(factory=lambda: [48, 96, 96], ge=1)
+    unet_layers_per_block: int = ranged(1, ge=1)
+    unet_attention_head_dim: int = ranged(8, ge=1)
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
 
 
@@ -50,8 +141,8 @@ class ModelConfig:
 @dataclass
 class StudentConfig:
     kind: Literal["full", "lora"] = "full"  # what is trained: the whole UNet or a peft LoRA on it
-    lora_rank: int = 64
-    lora_alpha: float = 64.0
+    lora_rank: int = ranged(64, ge=1, le=1024)
+    lora_alpha: float = ranged(64.0, gt=0)
     lora_targets: list[str] = field(
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
                                  "ff.net.2", "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv",
@@ -61,11 +152,12 @@ class StudentConfig:
 @dataclass
 class DataConfig:
     source: Literal["procedural", "imagefolder", "prompts"] = "procedural"  # prompts: captions only, no images
-    seed: int = 0  # procedural, prompts without path: the split's seed; imagefolder, prompts file: shuffle seed
+    # procedural, prompts without path: the split's seed; imagefolder, prompts file: shuffle seed
+    seed: int = ranged(0, ge=0)
     path: str | None = None  # imagefolder: folder with images and metadata.jsonl; prompts: a .txt or .jsonl
     caption_column: str = "text"  # imagefolder: the caption key in metadata.jsonl; prompts: in the .jsonl
-    resolution: int = 32  # imagefolder: images are resized and centre-cropped to this
-    num_workers: int = 0
+    resolution: int = ranged(32, ge=8)  # imagefolder: images are resized and centre-cropped to this
+    num_workers: int = ranged(0, ge=0)
 
 
 LR_SCHEDULES = Literal["constant", "constant_with_warmup", "cosine", "linear"]
@@ -83,46 +175,49 @@ class PhaseConfig:
     """Settings of one phase of a method (``train.phases.<phase name>``); unset ones come from the
     method's own defaults for that phase, then from ``train.*``."""
 
-    lr: float | None = None
-    adam_beta1: float | None = None
-    adam_beta2: float | None = None
-    weight_decay: float | None = None
+    lr: float | None = ranged(None, ge=0.0, le=MAX_LR)
+    adam_beta1: float | None = ranged(None, ge=0.0, lt=1.0)
+    adam_beta2: float | None = ranged(None, ge=0.0, lt=1.0)
+    weight_decay: float | None = ranged(None, ge=0.0)
     lr_schedule: LR_SCHEDULES | None = None
-    lr_warmup_steps: int | None = None  # in this phase's own optimizer steps
-    max_grad_norm: float | None = None  # 0 disables clipping
-    every: int | None = None  # the phase runs on iterations i with i % every == 0 (default 1)
-    repeats: int | None = None  # optimizer steps per iteration it runs on, e.g. 5 for a critic (TTUR; default 1)
+    lr_warmup_steps: int | None = ranged(None, ge=0)  # in this phase's own optimizer steps
+    max_grad_norm: float | None = ranged(None, ge=0.0)  # 0 disables clipping
+    every: int | None = ranged(None, ge=1)  # the phase runs on iterations i with i % every == 0 (default 1)
+    # optimizer steps per iteration it runs on, e.g. 5 for a critic (TTUR; default 1)
+    repeats: int | None = ranged(None, ge=1)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # iterations; each runs every phase that is due (one optimizer step each by default)
-    batch_size: int = 32  # per process, per micro-batch
-    grad_accum: int = 1
-    lr: float = 1e-4
-    phase_lr: dict[str, float] = field(default_factory=dict)  # per-phase lr (older form of phases.<name>.lr)
+    # iterations; each runs every phase that is due (one optimizer step each by default)
+    steps: int = ranged(1000, ge=1)
+    batch_size: int = ranged(32, ge=1)  # per process, per micro-batch
+    grad_accum: int = ranged(1, ge=1)
+    lr: float = ranged(1e-4, gt=0, le=MAX_LR)
+    phase_lr: dict[str, float] = ranged(factory=dict, ge=0.0, le=MAX_LR)  # per-phase lr (older form of phases.<name>.lr)
     phases: dict[str, PhaseConfig] = field(default_factory=dict)  # per-phase optimizer settings and update rate
     lr_schedule: LR_SCHEDULES = "constant"
-    lr_warmup_steps: int = 0  # linear warm-up; with "constant" the run is diffusers' "constant_with_warmup"
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # 0 disables clipping
+    # linear warm-up; with "constant" the run is diffusers' "constant_with_warmup"
+    lr_warmup_steps: int = ranged(0, ge=0)
+    adam_beta1: float = ranged(0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = ranged(0.999, ge=0.0, lt=1.0)
+    weight_decay: float = ranged(0.0, ge=0.0)
+    max_grad_norm: float = ranged(1.0, ge=0.0)  # 0 disables clipping
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # also the dtype frozen networks are stored in
     ddp_find_unused_parameters: bool = False  # DDP: needed when phases train different adapters of one UNet
     ddp_static_graph: bool = False  # DDP: the same parameters are used in every iteration
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 500
-    checkpoints_total_limit: int = 3
-    validation_every: int = 500  # 0: only at the end
+    seed: int = ranged(0, ge=0)
+    log_every: int = ranged(10, ge=1)
+    checkpoint_every: int = ranged(500, ge=0)  # 0: only at the end
+    checkpoints_total_limit: int = ranged(3, ge=1)  # the newest (the final one at the end) is always kept
+    validation_every: int = ranged(500, ge=0)  # 0: only at the end
 
 
 @dataclass
 class ValidationConfig:
     prompts: list[str] = field(default_factory=list)  # empty: captions from the data source
-    num_images: int = 16
-    seed: int = 1234
+    num_images: int = ranged(16, ge=1)
+    seed: int = ranged(1234, ge=0)
 
 
 @dataclass
@@ -130,16 +225,17 @@ class EvalConfig:
     """The evaluation sweep ``fewstep train`` runs after export (``fewstep eval --run`` reads it too)."""
 
     enabled: bool = False  # evaluate runs/<name>/export into runs/<name>/eval after training
-    steps: list[int] = field(default_factory=list)  # student steps; empty: those of 1, 2, 4, 8 it was trained for
-    teacher_steps: list[int] = field(default_factory=lambda: [25, 50])  # DDIM steps of the teacher; max: speedup base
-    num_images: int = 1000  # per (model, steps) row; FID falls as the count grows, so compare equal counts only
+    steps: list[int] = ranged(factory=list, ge=1)  # student steps; empty: those of 1, 2, 4, 8 it was trained for
+    teacher_steps: list[int] = ranged(factory=lambda: [25, 50], ge=1)  # DDIM steps of the teacher; max: speedup base
+    # per (model, steps) row; FID falls as the count grows, so compare equal counts only
+    num_images: int = ranged(1000, ge=2)
     guidance: float | None = None  # student guidance_scale; None: the export's recipe
     teacher_guidance: float | None = None  # None: the teacher's fewstep_recipe.json, else diffusers' 7.5
     features: Literal["embedded", "inception"] = "embedded"  # FID/KID feature network
     inception_weights: str | None = None  # weights-inception-2015-12-05-6726825d.pth (else torch hub's cache)
     clip: str = "embedded"  # CLIP-score model spec (eval.clip.parse_clip_spec): embedded tiny CLIP or a local one
     reference: str = "procedural"  # FID reference: held-out procedural scenes (seed 12345) or an image folder
-    batch_size: int = 64  # images per pipeline call while generating
+    batch_size: int = ranged(64, ge=1)  # images per pipeline call while generating
 
 
 @dataclass
@@ -205,20 +301,26 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML reads 1e-4 as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return _finite_float(value, key)
     if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value
 
 
+def _finite_float(value: int | float | str, key: str) -> float:
+    """``value`` as a finite float (YAML reads 1e-4 as a string); NaN and infinities name the key."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected float, got {value!r} ({type(value).__name__})") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: must be a finite number, got {value}")
+    return number
+
+
 def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and ill-typed values by name."""
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys, ill-typed and out-of-range values by name."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for k in data:
@@ -230,6 +332,8 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
         where = f"{prefix}.{f.name}" if prefix else f.name
         if f.name in data:
             kwargs[f.name] = _coerce(data[f.name], hints[f.name], where)
+            if RANGE in f.metadata:
+                check_range(f.metadata[RANGE], kwargs[f.name], where)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key '{where}'")
     return cls(**kwargs)

@@ -22,7 +22,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from fewstep.distill import checkpoints
-from fewstep.distill.config import ConfigError, RunConfig, TrainConfig, save_config
+from fewstep.distill.config import ConfigError, DivergedError, RunConfig, TrainConfig, save_config
 from fewstep.distill.data import build_dataset, collate, has_images
 from fewstep.distill.files import atomic_dir
 from fewstep.distill.methods.base import Method
@@ -168,7 +168,21 @@ class Trainer:
         return batch
 
     # ---- checkpoints -------------------------------------------------------------------------
+    def _resume_hint(self) -> str:
+        done = list_checkpoints(self.run_dir)
+        if not done:
+            return "no earlier checkpoint to resume from"
+        return f"last good checkpoint: {done[-1][1]} (--resume latest, e.g. with a lower train.lr)"
+
+    def _diverged(self, what: str) -> DivergedError:
+        return DivergedError(f"training diverged: {what} at step {self.step}; nothing was saved; {self._resume_hint()}")
+
     def save_checkpoint(self) -> Path:
+        """Write checkpoint-<step>; refused (nothing written, nothing pruned) if any saved tensor is not finite."""
+        states = checkpoints.module_states(self.models, self.trained)
+        bad = checkpoints.first_non_finite(states)
+        if bad is not None:
+            raise self._diverged(f"{bad} is not finite")
         root = self.run_dir / "checkpoints"
         final = root / f"{CKPT_PREFIX}{self.step}"
         with ExitStack() as stack:
@@ -181,7 +195,7 @@ class Trainer:
             self.acc.save_state(str(tmp))  # optimizers, LR schedulers, RNG of every process
             if self.acc.is_main_process:
                 counters = {"step": self.step, "phase_steps": self.phase_steps, "batches_drawn": self.drawn}
-                checkpoints.write_state(tmp, checkpoints.module_states(self.models, self.trained), counters)
+                checkpoints.write_state(tmp, states, counters)
             self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             done = list_checkpoints(self.run_dir)
@@ -235,7 +249,7 @@ class Trainer:
                 with self.acc.autocast():
                     out = self.method.loss(self.models, batch, name, self.step)
                 if not torch.isfinite(out.loss):
-                    raise FloatingPointError(f"{name} loss is {out.loss.item()} at step {self.step}")
+                    raise self._diverged(f"the {name} phase's loss is {out.loss.item()}")
                 self.acc.backward(out.loss / tc.grad_accum)
             total += out.loss.item() / tc.grad_accum
             logs = out.logs
@@ -256,32 +270,32 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
         batches = iter(self.acc.skip_first_batches(self.loader, self.drawn) if self.drawn else self.loader)
-        bar = tqdm(total=tc.steps, initial=self.step, desc=self.cfg.name, disable=not self.acc.is_main_process)
-        latest = {}  # each phase's most recent logs
-        t0 = time.perf_counter()
-        while self.step < tc.steps:
-            handover = {}
-            for plan in self.plans:
-                if plan.due(self.step):
-                    for _ in range(plan.repeats):
-                        latest[plan.name] = self._phase_step(plan, batches, handover)
-            freeze_all_but(self.params, None)
-            for target, source, decay in self.models.ema:
-                ema_update(self.models.modules[target], self.models.modules[source], decay)
-            self.step += 1
-            bar.update(1)
-            if self.step % tc.log_every == 0 or self.step == tc.steps:
-                record = {k: v for p in self.plans for k, v in latest.get(p.name, {}).items()}
-                record["step"] = self.step
-                record["sec_per_step"] = (time.perf_counter() - t0) / tc.log_every
-                t0 = time.perf_counter()
-                self._log(record)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss")})
-            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.steps:
-                self.save_checkpoint()
-            if tc.validation_every and self.step % tc.validation_every == 0 and self.step < tc.steps:
-                self.validate()
-        bar.close()
+        # closed on any exit, so an error (e.g. a diverged run) prints on a line of its own
+        with tqdm(total=tc.steps, initial=self.step, desc=self.cfg.name, disable=not self.acc.is_main_process) as bar:
+            latest = {}  # each phase's most recent logs
+            t0 = time.perf_counter()
+            while self.step < tc.steps:
+                handover = {}
+                for plan in self.plans:
+                    if plan.due(self.step):
+                        for _ in range(plan.repeats):
+                            latest[plan.name] = self._phase_step(plan, batches, handover)
+                freeze_all_but(self.params, None)
+                for target, source, decay in self.models.ema:
+                    ema_update(self.models.modules[target], self.models.modules[source], decay)
+                self.step += 1
+                bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    record = {k: v for p in self.plans for k, v in latest.get(p.name, {}).items()}
+                    record["step"] = self.step
+                    record["sec_per_step"] = (time.perf_counter() - t0) / tc.log_every
+                    t0 = time.perf_counter()
+                    self._log(record)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss")})
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.steps:
+                    self.save_checkpoint()
+                if tc.validation_every and self.step % tc.validation_every == 0 and self.step < tc.steps:
+                    self.validate()
         self.save_checkpoint()
         self.validate()
         return self.models

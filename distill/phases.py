@@ -21,7 +21,7 @@ from typing import Iterable, Literal
 
 import torch
 
-from fewstep.distill.config import ConfigError, PhaseConfig, TrainConfig, schedule_name
+from fewstep.distill.config import RANGE, ConfigError, PhaseConfig, TrainConfig, schedule_name
 
 DataNeed = Literal["batch", "prompts", "none"]
 PROMPT_KEYS = ("captions",)  # what a "prompts" phase keeps of a data batch
@@ -63,9 +63,6 @@ class PhasePlan:
         return math.ceil(iterations / self.every) * self.repeats
 
 
-# Allowed values of PhaseConfig's numeric fields: [low, high), high None for no upper bound.
-_RANGES = {"lr": (0.0, None), "adam_beta1": (0.0, 1.0), "adam_beta2": (0.0, 1.0), "weight_decay": (0.0, None),
-           "lr_warmup_steps": (0, None), "max_grad_norm": (0.0, None), "every": (1, None), "repeats": (1, None)}
 _RATE_DEFAULTS = {"every": 1, "repeats": 1}  # the update-rate fields have no train.* counterpart
 
 
@@ -93,10 +90,8 @@ def plan_phases(phases: Iterable[Phase], train: TrainConfig) -> list[PhasePlan]:
             chain.append((_RATE_DEFAULTS[f.name], "default") if f.name in _RATE_DEFAULTS
                          else (getattr(train, f.name), f"train.{f.name}"))
             value, where = next((v, w) for v, w in chain if v is not None)
-            low, high = _RANGES.get(f.name, (None, None))
-            if low is not None and (value < low or (high is not None and value >= high)):
-                bound = f"in [{low}, {high})" if high is not None else f">= {low}"
-                raise ConfigError(f"{where}: must be {bound}, got {value}")
+            if RANGE in f.metadata:  # PhaseConfig's ranges hold for the resolved value, wherever it came from
+                f.metadata[RANGE].check(where, value)
             values[f.name] = value
         plans.append(PhasePlan(ph, values["every"], values["repeats"], values["lr"],
                                (values["adam_beta1"], values["adam_beta2"]), values["weight_decay"],

@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
-from fewstep.distill.config import ConfigError
+from fewstep.distill.config import ConfigError, DivergedError, EvalConfig, Range, bounds, field_range
 from fewstep.eval.errors import ClipError, MetricsError
 from fewstep.pipelines.errors import EvalError, LoraBaseError, TeacherError, UserError
 
@@ -213,7 +214,27 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _check_scheduler(name: str) -> None:
+    """``name`` must be a diffusers scheduler class (a ``SchedulerMixin`` subclass)."""
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise UserError(f"--scheduler {name}: not a diffusers scheduler class (e.g. LCMScheduler, DDIMScheduler)")
+
+
+def _check_sample_args(args) -> None:
+    """Every ``fewstep sample`` number and the scheduler name, before any model is loaded."""
+    for flag, value, rng in (("--steps", args.steps, bounds(ge=1)), ("--num-images", args.num_images, bounds(ge=1)),
+                             ("--guidance", args.guidance, Range())):
+        if value is not None:
+            rng.check(flag, value)
+    if args.scheduler is not None:
+        _check_scheduler(args.scheduler)
+
+
 def cmd_sample(args) -> int:
+    _check_sample_args(args)
     from fewstep.distill.sampling import Recipe, apply_recipe, generate, save_grid
     from fewstep.pipelines.teacher import load_pipeline, resolve
 
@@ -235,8 +256,7 @@ def cmd_sample(args) -> int:
     recipe.scheduler = args.scheduler or recipe.scheduler
     recipe.steps = args.steps or recipe.steps
     recipe.guidance = recipe.guidance if args.guidance is None else args.guidance
-    if not hasattr(__import__("diffusers"), recipe.scheduler):
-        raise UserError(f"--scheduler {recipe.scheduler}: not a diffusers scheduler class")
+    _check_scheduler(recipe.scheduler)
     try:
         recipe.check_steps(recipe.steps)
     except ValueError as e:
@@ -250,13 +270,42 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _int_list(flag: str, text: str | None) -> list[int] | None:
+def _int_list(flag: str, text: str | None, rng: Range, allow_empty: bool = False) -> list[int] | None:
+    """``text`` as a list of integers in ``rng`` (``''``: the empty list where ``allow_empty``)."""
     if text is None:
         return None
+    if allow_empty and not text.strip():
+        return []
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in text.split(",")]
     except ValueError:
-        raise UserError(f"{flag} {text}: expected comma-separated integers, e.g. 1,2,4,8") from None
+        raise UserError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,2,4,8") from None
+    for v in values:
+        rng.check(flag, v)
+    return values
+
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _eval_flags(args) -> dict:
+    """The EvalConfig overrides of ``fewstep eval``, each checked against its field's range, and the
+    other numbers and the device checked too: all before anything heavy is imported."""
+    flags = {"steps": _int_list("--steps", args.steps, field_range(EvalConfig, "steps")),
+             "teacher_steps": _int_list("--teacher-steps", args.teacher_steps, field_range(EvalConfig, "teacher_steps"),
+                                        allow_empty=True),
+             "num_images": args.num_images, "guidance": args.guidance, "teacher_guidance": args.teacher_guidance,
+             "features": args.features, "inception_weights": args.inception_weights, "clip": args.clip,
+             "reference": args.reference, "batch_size": args.batch_size}
+    for key in ("num_images", "batch_size", "guidance", "teacher_guidance"):
+        if flags[key] is not None:
+            (field_range(EvalConfig, key) or Range()).check("--" + key.replace("_", "-"), flags[key])
+    for flag, value in (("--latency-batch", args.latency_batch), ("--reference-images", args.reference_images)):
+        if value is not None:
+            bounds(ge=1).check(flag, value)
+    if not DEVICE.fullmatch(args.device):
+        raise UserError(f"--device {args.device}: expected auto, cpu, cuda, cuda:N or mps")
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def _device(name: str) -> str:
@@ -268,15 +317,14 @@ def _device(name: str) -> str:
 def cmd_eval(args) -> int:
     import dataclasses
 
-    from fewstep.distill.config import EvalConfig
+    flags = _eval_flags(args)
+    extra = {"bootstrap": args.bootstrap, "fid_infinity_resamples": args.fid_infinity_resamples,
+             "diversity_prompts": args.diversity_prompts, "diversity_seeds": args.diversity_seeds}
+    for flag, value in extra.items():
+        if value is not None and value < (0 if flag == "fid_infinity_resamples" else 1):
+            raise UserError(f"--{flag.replace('_', '-')} {value}: must be a positive number")
     from fewstep.pipelines import evaluate as ev
 
-    flags = {"steps": _int_list("--steps", args.steps),
-             "teacher_steps": _int_list("--teacher-steps", args.teacher_steps), "num_images": args.num_images,
-             "guidance": args.guidance, "teacher_guidance": args.teacher_guidance,
-             "features": args.features, "inception_weights": args.inception_weights, "clip": args.clip,
-             "reference": args.reference, "batch_size": args.batch_size}
-    flags = {k: v for k, v in flags.items() if v is not None}
     if args.run:
         if args.pipeline or args.lora:
             raise UserError("--run evaluates the run's export: leave out --pipeline / --lora")
@@ -300,11 +348,6 @@ def cmd_eval(args) -> int:
         if not path.is_file():
             raise UserError(f"--prompts {path}: file not found")
         prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    extra = {"bootstrap": args.bootstrap, "fid_infinity_resamples": args.fid_infinity_resamples,
-             "diversity_prompts": args.diversity_prompts, "diversity_seeds": args.diversity_seeds}
-    for flag, value in extra.items():
-        if value is not None and value < (0 if flag == "fid_infinity_resamples" else 1):
-            raise UserError(f"--{flag.replace('_', '-')} {value}: must be a positive number")
     spec = ev.spec_from_config(config, prompts=prompts, reference_images=args.reference_images,
                                latency_batch=args.latency_batch, cache_dir=args.cache_dir, device=_device(args.device),
                                floor=not args.no_floor, **{k: v for k, v in extra.items() if v is not None})
@@ -345,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ConfigError, TeacherError, LoraBaseError, EvalError, MetricsError, ClipError) as e:
+    except (UserError, ConfigError, DivergedError, TeacherError, LoraBaseError, EvalError, MetricsError,
+            ClipError) as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,8 @@
 """Typed build configs of the embedded judges (``configs/classifier.yaml``, ``configs/tiny_clip.yaml``).
 
-Read with the run config's machinery (``distill.config.from_dict``): an unknown or ill-typed key is
-one line naming it, and ``check()`` rejects values the builder cannot use. Light imports only, so
+Read with the run config's machinery (``distill.config.from_dict``): an unknown, ill-typed or
+out-of-range key (ranges are written next to each field) is one line naming it, and ``check()``
+rejects combinations the builder cannot use. Light imports only, so
 ``fewstep build-*`` reports a config mistake before torch is imported. Defaults are the shipped
 judges' values.
 """
@@ -14,49 +15,39 @@ from typing import TypeVar
 
 
 # LR_SCHEDULES: the training loop's schedule names, all built by diffusers' ``get_scheduler``.
-from fewstep.distill.config import LR_SCHEDULES, ConfigError, from_dict, read_yaml
-
-
-def _positive(section: str, **values: float) -> None:
-    for key, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{section}{key}: must be > 0, got {value}")
+from fewstep.distill.config import LR_SCHEDULES, MAX_LR, ConfigError, from_dict, ranged, read_yaml
 
 
 @dataclass
 class OptimConfig:
     """The optimisation knobs both builders share (AdamW + one of the loop's LR schedules)."""
 
-    seed: int = 0  # weight init + augmentation RNG
-    train_seed: int = 0  # ProceduralDataset split used for training (fresh scenes every batch)
-    val_seed: int = 12345  # held-out split scored after training (recorded with the weights)
-    steps: int = 1500  # optimizer steps
-    batch_size: int = 128  # scenes per step
-    lr: float = 0.002  # AdamW peak learning rate
+    seed: int = ranged(0, ge=0)  # weight init + augmentation RNG
+    train_seed: int = ranged(0, ge=0)  # ProceduralDataset split used for training (fresh scenes every batch)
+    val_seed: int = ranged(12345, ge=0)  # held-out split scored after training (recorded with the weights)
+    steps: int = ranged(1500, gt=0)  # optimizer steps
+    batch_size: int = ranged(128, gt=0)  # scenes per step
+    lr: float = ranged(0.002, gt=0, le=MAX_LR)  # AdamW peak learning rate
     lr_schedule: LR_SCHEDULES = "cosine"  # after warm-up; the loop's get_scheduler names
-    warmup_steps: int = 100  # linear warm-up from 0 (diffusers get_scheduler semantics)
-    weight_decay: float = 0.0001  # AdamW
+    warmup_steps: int = ranged(100, ge=0)  # linear warm-up from 0 (diffusers get_scheduler semantics)
+    weight_decay: float = ranged(0.0001, ge=0)  # AdamW
     augment: bool = True  # blur / noise / colour cast per batch, like generated samples
 
     def check(self) -> None:
-        _positive("", steps=self.steps, batch_size=self.batch_size, lr=self.lr)
         if not 0 <= self.warmup_steps < self.steps:
             raise ConfigError(f"warmup_steps: must be in [0, steps={self.steps}), got {self.warmup_steps}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
 
 
 @dataclass
 class ClassifierBuildConfig(OptimConfig):
     """``configs/classifier.yaml``: the attribute classifier (``eval.classifier.AttributeClassifier``)."""
 
-    val_size: int = 5000  # held-out scenes scored after training
-    width: int = 32  # base channel count (conv layers: width/2, width, width, 2*width)
-    feature_dim: int = 128  # penultimate features: the FID embedding of the embedded domain
+    val_size: int = ranged(5000, gt=0)  # held-out scenes scored after training
+    width: int = ranged(32, ge=2)  # base channel count (conv layers: width/2, width, width, 2*width)
+    feature_dim: int = ranged(128, gt=0)  # penultimate features: the FID embedding of the embedded domain
 
     def check(self) -> None:
         super().check()
-        _positive("", val_size=self.val_size, feature_dim=self.feature_dim)
         if self.width < 2 or self.width % 2:
             raise ConfigError(f"width: must be an even number >= 2, got {self.width}")
 
@@ -65,25 +56,21 @@ class ClassifierBuildConfig(OptimConfig):
 class TinyClipArch:
     """The ``model:`` section of ``configs/tiny_clip.yaml``: an open_clip ``CLIP`` model config."""
 
-    embed_dim: int = 64  # joint image-text space
-    image_size: int = 32
+    embed_dim: int = ranged(64, gt=0)  # joint image-text space
+    image_size: int = ranged(32, gt=0)
     # 4 stage depths select open_clip's ModifiedResNet (conv stem, bottleneck stages, attention pooling);
     # an int selects a ViT of that depth (then set patch_size).
-    vision_layers: list[int] | int = field(default_factory=lambda: [1, 1, 1, 1])
-    vision_width: int = 12  # ResNet: stem width (stages 4x..32x it); ViT: token width
-    vision_head_width: int = 32  # attention(-pool) head width
-    patch_size: int | None = None  # ViT only
-    context_length: int = 20  # text tokens, start/end included
-    text_width: int = 32
-    text_heads: int = 2
-    text_layers: int = 2
-    mlp_ratio: float = 2.0  # transformer MLP width / model width (text tower, and a ViT image tower)
+    vision_layers: list[int] | int = ranged(factory=lambda: [1, 1, 1, 1], ge=1)
+    vision_width: int = ranged(12, gt=0)  # ResNet: stem width (stages 4x..32x it); ViT: token width
+    vision_head_width: int = ranged(32, gt=0)  # attention(-pool) head width
+    patch_size: int | None = ranged(None, ge=1)  # ViT only
+    context_length: int = ranged(20, gt=0)  # text tokens, start/end included
+    text_width: int = ranged(32, gt=0)
+    text_heads: int = ranged(2, gt=0)
+    text_layers: int = ranged(2, gt=0)
+    mlp_ratio: float = ranged(2.0, gt=0)  # transformer MLP width / model width (text tower, and a ViT image tower)
 
     def check(self) -> None:
-        _positive("model.", embed_dim=self.embed_dim, image_size=self.image_size, vision_width=self.vision_width,
-                  vision_head_width=self.vision_head_width, context_length=self.context_length,
-                  text_width=self.text_width, text_heads=self.text_heads, text_layers=self.text_layers,
-                  mlp_ratio=self.mlp_ratio)
         if isinstance(self.vision_layers, list):
             if len(self.vision_layers) != 4 or min(self.vision_layers) < 1:
                 raise ConfigError(f"model.vision_layers: a ResNet needs 4 stage depths >= 1, got {self.vision_layers}")
@@ -111,11 +98,11 @@ class TinyClipArch:
 class TinyClipBuildConfig(OptimConfig):
     """``configs/tiny_clip.yaml``: the embedded tiny CLIP."""
 
-    train_seed: int = 7
-    steps: int = 1000
-    batch_size: int = 256
-    warmup_steps: int = 50
-    weight_decay: float = 0.05  # matrices only; gains, biases and the temperature are not decayed
+    train_seed: int = ranged(7, ge=0)
+    steps: int = ranged(1000, gt=0)
+    batch_size: int = ranged(256, gt=0)
+    warmup_steps: int = ranged(50, ge=0)
+    weight_decay: float = ranged(0.05, ge=0)  # matrices only; gains, biases and the temperature are not decayed
     model: TinyClipArch = field(default_factory=TinyClipArch)
 
     def check(self) -> None:

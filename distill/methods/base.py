@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from fewstep.distill.config import StudentConfig
+from fewstep.distill.config import StudentConfig, check_ranges
 from fewstep.distill.modelset import ModelSet, unwrap
 from fewstep.distill.phases import Phase
 from fewstep.distill.sampling import Recipe, apply_recipe, generate  # noqa: F401 (Recipe re-exported)
@@ -36,6 +36,7 @@ class Method:
     Config: ClassVar[type]
 
     def __init__(self, config, student: StudentConfig | None = None):
+        check_ranges(config, "method")  # what from_dict checks, for settings built in code
         config.check()
         self.config = config
         self.student_config = student or StudentConfig()
