@@ -40,6 +40,12 @@ class VaeConfig:
         pass
 
 
+def check_guidance_range(w_min: float, w_max: float) -> None:
+    """The teacher guidance w ~ U[w_min, w_max] of the consistency methods needs w_min <= w_max."""
+    if w_min > w_max:
+        raise ConfigError(f"method.w_min ({w_min}) is above method.w_max ({w_max})")
+
+
 @dataclass
 class LCMConfig:
     # N of the teacher's DDIM skip grid; the exported scheduler uses it too
@@ -61,9 +67,8 @@ class LCMConfig:
         # with another value would ship as a different model from the one trained.
         if self.sigma_data != 0.5:
             raise ConfigError(f"method.sigma_data: LCMScheduler (the export's scheduler) fixes it at 0.5, "
-                                    f"got {self.sigma_data}")
-        if self.w_min > self.w_max:
-            raise ConfigError(f"method.w_min ({self.w_min}) is above method.w_max ({self.w_max})")
+                              f"got {self.sigma_data}")
+        check_guidance_range(self.w_min, self.w_max)
 
 
 @dataclass
@@ -92,9 +97,8 @@ class TSCDConfig:
         for st in self.stages:
             if not 1 <= st.segments <= self.num_ddim_timesteps:
                 raise ConfigError(f"method.stages: {st.segments} segments need 1..method.num_ddim_timesteps "
-                                        f"({self.num_ddim_timesteps}) skip-grid points")
-        if self.w_min > self.w_max:
-            raise ConfigError(f"method.w_min ({self.w_min}) is above method.w_max ({self.w_max})")
+                                  f"({self.num_ddim_timesteps}) skip-grid points")
+        check_guidance_range(self.w_min, self.w_max)
 
 
 @dataclass
