@@ -93,7 +93,8 @@ def make_accelerator(tc: TrainConfig) -> Accelerator:
 def preflight(cfg: RunConfig, method: Method | None = None) -> list[PhasePlan]:
     """Everything about a run that can be checked before a model is loaded: the method's phases
     against ``train.phases`` (names, ranges), the data source (files are read and validated here),
-    and whether it has the images each phase needs. Returns the phase plans."""
+    whether it has the images each phase needs, and the ``eval.steps`` the run will evaluate its
+    student at against the step counts it is trained for. Returns the phase plans."""
     method = method or REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
     plans = plan_phases(method.phases(), cfg.train)
     build_dataset(cfg.data)
@@ -101,6 +102,11 @@ def preflight(cfg: RunConfig, method: Method | None = None) -> list[PhasePlan]:
     if needy and not has_images(cfg.data):
         raise ConfigError(f"data.source: {cfg.data.source!r} has no images, but the {', '.join(needy)} phase(s) of "
                           f"method {cfg.method.name!r} train on image batches")
+    trained = method.recipe().trained_steps if hasattr(method, "recipe") else None
+    untrained = [s for s in cfg.eval.steps if trained is not None and s not in trained]
+    if cfg.eval.enabled and untrained:
+        few = trained if len(trained) <= 10 else f"1..{max(trained)}"
+        raise ConfigError(f"eval.steps: the student is trained for {few} steps, not {untrained}")
     return plans
 
 

@@ -140,3 +140,17 @@ def test_prompt_only_source_for_a_method_that_needs_images_fails_before_loading(
     raw["data"] = {"source": "prompts", "path": str(tmp_path / "missing.txt")}
     cfg.write_text(yaml.safe_dump(raw))
     one_clear_line(fewstep(capsys, "train", cfg), "missing.txt")
+
+
+def test_eval_steps_the_student_is_not_trained_for_fail_before_training(capsys, tmp_path):
+    """A wrong eval step list is reported up front, not after training and export."""
+    raw = run_dict(tmp_path, method="tscd")
+    raw["model"] = {"pretrained": str(tmp_path / "no-such-teacher")}  # never reached
+    raw["method"].update({"num_ddim_timesteps": 10, "stages": [{"segments": 2, "steps": 3}]})
+    raw["eval"] = {"enabled": True, "steps": [2, 3]}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    one_clear_line(fewstep(capsys, "train", cfg), "eval.steps")
+    raw["eval"]["steps"] = [2]  # trained: gets past preflight to the (missing) teacher
+    cfg.write_text(yaml.safe_dump(raw))
+    one_clear_line(fewstep(capsys, "train", cfg), "no-such-teacher")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from fewstep.distill.config import ConfigError, save_config, to_dict
@@ -89,3 +91,12 @@ def test_constant_schedule_honours_its_warmup():
     assert lrs("constant", 4) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     assert lrs("constant", 0) == [1.0] * 6
     assert schedule_name("cosine", 4) == "cosine"
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/tiny/*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_tiny_configs_pass_preflight(path):
+    """Phases, data source and eval step lists of every embedded-default config hold before any model loads."""
+    from fewstep.distill.loop import preflight
+
+    assert preflight(load_config(path))
