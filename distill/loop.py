@@ -14,6 +14,7 @@ import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -90,14 +91,22 @@ def make_accelerator(tc: TrainConfig) -> Accelerator:
     return Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=handlers)
 
 
-def preflight(cfg: RunConfig, method: Method | None = None) -> list[PhasePlan]:
+class Checked(NamedTuple):
+    """What ``preflight`` built and checked; the Trainer takes it as it is instead of building it again."""
+
+    method: Method
+    plans: list[PhasePlan]
+    dataset: torch.utils.data.Dataset
+
+
+def preflight(cfg: RunConfig, method: Method | None = None) -> Checked:
     """Everything about a run that can be checked before a model is loaded: the method's phases
     against ``train.phases`` (names, ranges), the data source (files are read and validated here),
     whether it has the images each phase needs, and the ``eval.steps`` the run will evaluate its
-    student at against the step counts it is trained for. Returns the phase plans."""
+    student at against the step counts it is trained for."""
     method = method or REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
     plans = plan_phases(method.phases(), cfg.train)
-    build_dataset(cfg.data)
+    dataset = build_dataset(cfg.data)
     needy = [p.name for p in plans if p.phase.data == "batch"]
     if needy and not has_images(cfg.data):
         raise ConfigError(f"data.source: {cfg.data.source!r} has no images, but the {', '.join(needy)} phase(s) of "
@@ -107,15 +116,17 @@ def preflight(cfg: RunConfig, method: Method | None = None) -> list[PhasePlan]:
     if cfg.eval.enabled and untrained:
         few = trained if len(trained) <= 10 else f"1..{max(trained)}"
         raise ConfigError(f"eval.steps: the student is trained for {few} steps, not {untrained}")
-    return plans
+    return Checked(method, plans, dataset)
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, pipe, accelerator: Accelerator | None = None, method: Method | None = None):
+    def __init__(self, cfg: RunConfig, pipe, accelerator: Accelerator | None = None, method: Method | None = None,
+                 checked: Checked | None = None):
         self.cfg, tc = cfg, cfg.train
         self.run_dir = cfg.run_dir
-        self.method: Method = method or REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
-        self.plans: list[PhasePlan] = preflight(cfg, self.method)
+        checked = checked or preflight(cfg, method)  # the command line passes what it already checked
+        self.method: Method = checked.method
+        self.plans: list[PhasePlan] = checked.plans
         self.acc = accelerator or make_accelerator(tc)
         set_seed(tc.seed, device_specific=True)
         self.models: ModelSet = self.method.build(pipe).to(self.acc.device)
@@ -139,7 +150,7 @@ class Trainer:
         # Module weights are written by distill.checkpoints (lean, safetensors), not by accelerate.
         self.acc.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
         self.acc.register_load_state_pre_hook(lambda models, inp: models.clear())
-        dataset = build_dataset(cfg.data)
+        dataset = checked.dataset
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_size=tc.batch_size, sampler=StreamSampler(len(dataset), cfg.data.source != "procedural",
                                                                      tc.seed),

@@ -155,7 +155,7 @@ def cmd_train(args) -> int:
     cfg = load_config(config_path(args.config), args.overrides)  # before anything heavy is imported: errors come fast
     from fewstep.distill.loop import Trainer, list_checkpoints, preflight
 
-    preflight(cfg)  # phases, data files, images each phase needs: checked before the teacher is loaded
+    checked = preflight(cfg)  # phases, data files, images each phase needs: before the teacher is loaded
     resume = None
     if args.resume:
         if args.resume == "latest":
@@ -169,7 +169,7 @@ def cmd_train(args) -> int:
             if not (resume / "fewstep_state.json").is_file():
                 raise UserError(f"--resume {resume}: not a finished fewstep checkpoint (fewstep_state.json missing)")
     pipe = _load_pipeline_for(cfg)
-    trainer = Trainer(cfg, pipe)
+    trainer = Trainer(cfg, pipe, checked=checked)
     if resume is not None:
         trainer.load_checkpoint(resume)
         print(f"fewstep: resumed from {resume} at step {trainer.step}", file=sys.stderr)

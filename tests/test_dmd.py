@@ -5,8 +5,6 @@ and the 1-step export reproduced by plain diffusers."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -210,7 +208,7 @@ def test_export_matches_the_one_step_generator_in_plain_diffusers(tmp_path, base
 
     from fewstep.pipelines.export import export_run
     from fewstep.pipelines.teacher import load_pipeline
-    from tests.test_export import PLAIN, PROMPTS
+    from tests.test_export import PROMPTS, plain_diffusers_latents
 
     raw = run_dict(tmp_path, method="dmd", steps=2, checkpoint_every=0, lr=1e-2)
     raw["model"] = {"pretrained": str(base_dir)}
@@ -222,15 +220,7 @@ def test_export_matches_the_one_step_generator_in_plain_diffusers(tmp_path, base
     out = export_run(trainer.method, trainer.models, cfg, tmp_path / "export")
     recipe = json.loads((out / "fewstep_recipe.json").read_text())
     assert recipe["trained_steps"] == [1] and recipe["scheduler"] == "LCMScheduler"
-    script, res_file = tmp_path / "plain.py", tmp_path / "plain.pt"
-    script.write_text(PLAIN)
-    proc = subprocess.run([sys.executable, str(script), str(base_dir), str(out), str(res_file), json.dumps([1]),
-                           json.dumps(PROMPTS)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                               "PYTHONPATH": ""})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    plain = torch.load(res_file)
-    assert plain["fewstep_loaded"] is False
+    plain = plain_diffusers_latents(tmp_path, base_dir, out, [1])
     # fewstep's own one-step sample: the student's x0 at t = 999 from the pipeline's initial noise
     models = trainer.models
     models.modules[models.module_of("student")].eval()

@@ -99,6 +99,20 @@ def consistency_sample(denoiser, cond: torch.Tensor, timesteps: torch.Tensor, la
     return x
 
 
+def plain_diffusers_latents(tmp_path, base_dir, export, steps_list: list[int]) -> dict:
+    """Latents of ``export`` sampled by the PLAIN script in a subprocess that never imports fewstep (asserted)."""
+    script, res_file = tmp_path / "plain.py", tmp_path / "plain.pt"
+    script.write_text(PLAIN)
+    proc = subprocess.run([sys.executable, str(script), str(base_dir), str(export), str(res_file),
+                           json.dumps(steps_list), json.dumps(PROMPTS)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                                             "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain = torch.load(res_file)
+    assert plain["fewstep_loaded"] is False
+    return plain
+
+
 def fewstep_latents(trainer, recipe, steps, guidance):
     """fewstep's own sampler on the trained student, with the pipeline's initial noise and seeds."""
     from diffusers.utils.torch_utils import randn_tensor
@@ -135,16 +149,7 @@ def test_export_matches_fewstep_sampler_in_plain_diffusers(tmp_path, base_dir, m
     assert card.startswith("---\n") and "library_name: diffusers" in card and "base_model:" in card
     recipe = trainer.method.recipe()
     steps_list = [1, 2, 4]
-    script = tmp_path / "plain.py"
-    script.write_text(PLAIN)
-    res_file = tmp_path / "plain.pt"
-    proc = subprocess.run([sys.executable, str(script), str(base_dir), str(out), str(res_file), json.dumps(steps_list),
-                           json.dumps(PROMPTS)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                               "PYTHONPATH": ""})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    plain = torch.load(res_file)
-    assert plain["fewstep_loaded"] is False
+    plain = plain_diffusers_latents(tmp_path, base_dir, out, steps_list)
     for steps in steps_list:
         ours = fewstep_latents(trainer, recipe, steps, recipe.guidance)
         diff = (ours - plain[steps]).abs().max().item()
