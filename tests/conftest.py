@@ -48,6 +48,16 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"tests/conftest.py SLOW lists {file}::{', '.join(missing)}, which no longer exist")
 
 
+def fewstep(capsys, *args) -> tuple[int, str]:
+    """(exit status, stderr) of ``fewstep ARGS`` run in this process (a subprocess would spend seconds
+    importing diffusers for each call)."""
+    from fewstep.pipelines.cli import main
+
+    capsys.readouterr()  # drop whatever earlier setup printed
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
 @pytest.fixture
 def small_arch():
     from fewstep.distill.config import TinyArch

@@ -12,16 +12,9 @@ import pytest
 import yaml
 
 from fewstep.pipelines.cli import main
-from tests.conftest import run_dict
+from tests.conftest import fewstep, run_dict
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def fewstep(capsys, *args) -> tuple[int, str]:
-    """(exit status, stderr) of ``fewstep ARGS`` run in this process."""
-    capsys.readouterr()  # drop whatever earlier setup printed
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
 
 
 def one_clear_line(result, needle):

@@ -12,19 +12,10 @@ from PIL import Image
 from fewstep.distill.config import ConfigError, EvalConfig
 from fewstep.distill.run_config import parse_config
 from fewstep.distill.sampling import Recipe
-from tests.conftest import SMALL_ARCH, run_dict
+from tests.conftest import SMALL_ARCH, fewstep, run_dict
 
 TRAINED = [1, 2]  # the step counts the test LoRA claims to be trained for
 EMBEDDED_CLIP = os.path.join(os.path.dirname(__file__), "..", "assets", "tiny-clip")
-
-
-def fewstep(capsys, *args) -> tuple[int, str]:
-    """(exit status, stderr) of ``fewstep ARGS`` run in this process."""
-    from fewstep.pipelines.cli import main
-
-    capsys.readouterr()  # drop whatever the fixtures printed
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
 
 
 def one_clear_line(result, needle):
