@@ -80,7 +80,8 @@ def takes_guidance_embedding(cfg: StudentConfig, w_embedding_dim: int | None) ->
 
 
 def build_students(pipe, cfg: StudentConfig, target_ema: float = 0.0, w_embedding_dim: int | None = None,
-                   w_embedding_init: str = "zeros", adapters: tuple[str, ...] = ()) -> ModelSet:
+                   w_embedding_init: str = "zeros", adapters: tuple[str, ...] = (),
+                   adapter_config: StudentConfig | None = None) -> ModelSet:
     """The roles of a distillation run, the same names for either student kind:
 
     * ``student``: LoRA: adapter ``default`` on the teacher's UNet; full: a trainable copy (with a
@@ -89,7 +90,8 @@ def build_students(pipe, cfg: StudentConfig, target_ema: float = 0.0, w_embeddin
     * ``target``: LoRA: the online student (call it under no_grad); full: an EMA copy if
       ``target_ema`` > 0, else the student.
     * one role per name in ``adapters`` (e.g. ``fake_score``): a further LoRA adapter on the frozen
-      teacher UNet, trained by whichever phase names it.
+      teacher UNet (rank, alpha, targets from ``adapter_config``, else ``cfg``), trained by whichever
+      phase names it.
 
     The export ships ``EXPORTED_ROLE`` (``target``).
     """
@@ -100,7 +102,7 @@ def build_students(pipe, cfg: StudentConfig, target_ema: float = 0.0, w_embeddin
     if cfg.kind == "lora":
         unet = add_lora(pipe.unet, cfg, STUDENT_ADAPTER)
         for name in adapters:
-            add_lora(unet, cfg, name)
+            add_lora(unet, adapter_config or cfg, name)
         _activate(unet, STUDENT_ADAPTER)
         models["unet"] = Denoiser(unet, sched).train()
         models.add_view("student", "unet", adapter=STUDENT_ADAPTER)
@@ -113,7 +115,7 @@ def build_students(pipe, cfg: StudentConfig, target_ema: float = 0.0, w_embeddin
         models["student"] = Denoiser(student.train().requires_grad_(True), sched)
         if adapters:
             for name in adapters:
-                add_lora(pipe.unet, cfg, name)
+                add_lora(pipe.unet, adapter_config or cfg, name)
             models["unet"] = Denoiser(pipe.unet, sched).train()
             models.add_view("teacher", "unet", base=True)
         else:

@@ -6,6 +6,7 @@ import torch
 from fewstep.distill.run_config import parse_config
 from fewstep.distill.data import build_dataset, collate
 from fewstep.distill.methods.registry import REGISTRY
+from fewstep.distill.phases import freeze_all_but
 from fewstep.pipelines.tiny import build_tiny_pipeline
 from tests.conftest import run_dict
 
@@ -30,9 +31,11 @@ class MethodContract:
         method, models, batch = self.setup(tmp_path)
         networks = list(models.modules.values()) + [models.pipe.vae, models.pipe.text_encoder, models.pipe.unet]
         named = {id(p): (n, p) for m in networks for n, p in m.named_parameters()}
+        own = {ph.name: [p for r in ph.modules for _, p in models.trainable_parameters(r)] for ph in method.phases()}
         for phase in method.phases():
             for m in networks:
                 m.zero_grad(set_to_none=True)
+            freeze_all_but(own, phase.name)  # as the loop runs a phase: every other phase's roles frozen
             torch.manual_seed(0)
             out = method.loss(models, {**batch, "handover": {}}, phase.name, step=0)
             assert out.loss.ndim == 0 and torch.isfinite(out.loss)
@@ -42,8 +45,9 @@ class MethodContract:
             with_grad = {i for i, (_, p) in named.items() if p.grad is not None}
             leaked = [named[i][0] for i in with_grad - allowed]
             assert not leaked, f"{len(leaked)} parameters outside phase {phase.name} got gradients, e.g. {leaked[:3]}"
-            if self.student.get("kind") == "lora":  # the frozen base must not train, only the adapters
-                names = [named[i][0] for i in with_grad]
+            if self.student.get("kind") == "lora":  # the frozen base UNet must not train, only its adapters
+                in_unet = {id(p) for p in models.pipe.unet.parameters()}
+                names = [named[i][0] for i in with_grad & in_unet]
                 assert names and all(".lora_" in n for n in names), [n for n in names if ".lora_" not in n][:3]
             got = [i for i in with_grad & allowed if named[i][1].grad.abs().sum() > 0]
             assert got, "no trainable parameter received a gradient"

@@ -7,14 +7,18 @@ from fewstep.distill.methods.denoise import DenoiseMethod
 from fewstep.distill.methods.dmd import DMDMethod
 from fewstep.distill.methods.lcm import LCMMethod
 from fewstep.distill.methods.settings import CONFIGS
+from fewstep.distill.methods.sid import SiDMethod
 from fewstep.distill.methods.tscd import TSCDMethod
 from fewstep.distill.methods.vae import VaeMethod
+from fewstep.distill.methods.vsd import VSDMethod
 
 REGISTRY: dict[str, type[Method]] = {
     "denoise": DenoiseMethod,
     "dmd": DMDMethod,
     "lcm": LCMMethod,
+    "sid": SiDMethod,
     "tscd": TSCDMethod,
     "vae": VaeMethod,
+    "vsd": VSDMethod,
 }
 assert all(REGISTRY[k].Config is CONFIGS[k] for k in CONFIGS) and set(REGISTRY) == set(CONFIGS)

@@ -102,19 +102,61 @@ class TSCDConfig:
 
 
 @dataclass
-class DMDConfig:
-    # TTUR: fake-score optimizer steps per generator step (DMD2 Sec. 4.2)
-    fake_steps_per_generator: int = ranged(5, ge=1)
-    real_guidance: float = 3.0  # teacher CFG scale of the real score, uncond + s (cond - uncond); the tiny teacher's best
-    # the DMD gradient's timestep t ~ U[t_min, t_max] (DMD2: 0.02 T .. 0.98 T)
+class ScoreConfig:
+    """What every score-distillation method (methods.generator) reads."""
+
+    # K: the generator's steps, at LCMScheduler's timesteps for original_inference_steps = K (999 for
+    # K = 1; 999, 749, 499, 249 for K = 4); K > 1 trains with backward simulation (DMD2 Sec. 4.5)
+    generator_steps: int = ranged(1, ge=1, le=1000)
+    # TTUR: fake-score optimizer steps per generator step (DMD2 Sec. 4.2: 5-10; SiD: 1)
+    fake_steps_per_generator: int = ranged(1, ge=1)
+    # the fake score's training samples: "fresh" generator samples per fake step (DMD2), or the
+    # generator phase's own samples of the iteration, re-noised each fake step ("handover": cheaper)
+    fake_samples: Literal["fresh", "handover"] = "fresh"
+    real_guidance: float = ranged(3.0, ge=0.0, le=100.0)  # teacher CFG scale of the real score, uncond + s (cond - uncond)
+    fake_guidance: float = ranged(1.0, ge=0.0, le=100.0)  # CFG scale of the fake score where it is evaluated (1: none)
+    fake_train_guidance: float = ranged(1.0, ge=0.0, le=100.0)  # CFG scale of the fake score's prediction in its own loss
+    # the score timestep t ~ U[t_min, t_max] (DMD2: 0.02 T .. 0.98 T; SwiftBrush: 20 .. 980)
     t_min: int = ranged(20, ge=0, lt=1000, what="a timestep")
     t_max: int = ranged(980, ge=0, lt=1000, what="a timestep")
+    ema_decay: float = ranged(0.0, ge=0.0, lt=1.0)  # > 0: a full generator ships its EMA
+    # the fake score: 0 = the student's kind (a LoRA student's fake score is a second adapter of its
+    # rank; a full student's a full copy of the teacher); > 0 = a LoRA of this rank on the frozen
+    # teacher whatever the student (SwiftBrush: rank 64, alpha 108, on to_q and to_v)
+    fake_lora_rank: int = ranged(0, ge=0, le=1024)
+    fake_lora_alpha: float = ranged(0.0, ge=0.0)  # 0: equal to the rank
+    fake_lora_targets: list[str] = field(default_factory=list)  # empty: the student's student.lora_targets
 
     def check(self) -> None:
         if self.t_min >= self.t_max:
             raise ConfigError(f"method.t_min ({self.t_min}) must be below method.t_max ({self.t_max})")
 
 
+@dataclass
+class DMDConfig(ScoreConfig):
+    fake_steps_per_generator: int = ranged(5, ge=1)  # DMD2: 5 (SD1.5 launch scripts: 10)
+    # the GAN term (DMD2 Sec. 4.3): a classifier head on the fake score's bottleneck features of
+    # noised generator samples vs noised real images; 0: off. It needs a data source with images.
+    gan_weight: float = ranged(0.0, ge=0.0)  # generator's non-saturating loss weight (DMD2 SDXL 5e-3)
+    gan_head_weight: float = ranged(0.01, ge=0.0)  # the head's loss weight in the fake-score phase (DMD2 1e-2)
+
+
+@dataclass
+class VSDConfig(ScoreConfig):
+    real_guidance: float = ranged(4.5, ge=0.0, le=100.0)  # SwiftBrush: 4.5
+
+
+@dataclass
+class SiDConfig(ScoreConfig):
+    # alpha of the score-identity loss (SiD, Zhou et al. 2024, Eq. 23): 1.2 for EDM, 1 in SiD-LSG's SD runs
+    alpha: float = ranged(1.2, ge=0.0, le=10.0)
+    # SiD-LSG's long-and-short guidance: kappa_1 (fake_train_guidance), kappa_2 = kappa_3 (fake_guidance),
+    # kappa_4 (real_guidance); the SD1.5 runs use 2 for all
+    real_guidance: float = ranged(2.0, ge=0.0, le=100.0)
+    fake_guidance: float = ranged(2.0, ge=0.0, le=100.0)
+    fake_train_guidance: float = ranged(2.0, ge=0.0, le=100.0)
+
+
 # config name -> settings class (the method classes: methods.REGISTRY, under the same names)
-CONFIGS: dict[str, type] = {"denoise": DenoiseConfig, "dmd": DMDConfig, "lcm": LCMConfig, "tscd": TSCDConfig,
-                            "vae": VaeConfig}
+CONFIGS: dict[str, type] = {"denoise": DenoiseConfig, "dmd": DMDConfig, "lcm": LCMConfig, "sid": SiDConfig,
+                            "tscd": TSCDConfig, "vae": VaeConfig, "vsd": VSDConfig}

@@ -1,0 +1,70 @@
+"""DMD2's GAN term (Yin et al. 2024b, Sec. 4.3): a small classification head on the fake score UNet's
+bottleneck (mid-block) features of noised samples, trained to tell real images from generator
+samples with the non-saturating logistic loss (Goodfellow et al. 2014), while the generator is
+trained to fool it through the frozen fake UNet."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewstep.distill.modelset import ModelSet
+
+GAN_HEAD = "gan_head"  # the role of the classification head
+
+
+class GanHead(nn.Module):
+    """Bottleneck features [B, C, h, w] -> one logit per sample (any h, w)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.GroupNorm(min(32, channels), channels)
+        self.out = nn.Linear(channels, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm(self.conv(h.float())))
+        return self.out(h.mean(dim=(2, 3))).squeeze(1)
+
+
+def add_gan_head(models: ModelSet, role: str) -> None:
+    """Register a trainable :class:`GanHead` sized for ``role``'s UNet bottleneck as ``GAN_HEAD``."""
+    unet = models[role].unet
+    models[GAN_HEAD] = GanHead(unet.config.block_out_channels[-1]).train().requires_grad_(True)
+
+
+class _Stop(Exception):
+    """Raised by the mid-block hook: nothing after the bottleneck needs computing."""
+
+
+def bottleneck(net, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """The mid-block output of ``net``'s UNet at ``(x_t, t, cond)``; the up path is never run."""
+    found = {}
+
+    def hook(module, args, output):
+        found["h"] = output
+        raise _Stop
+
+    handle = net.unet.mid_block.register_forward_hook(hook)
+    try:
+        net(x_t, t, cond)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return found["h"]
+
+
+def gan_logits(models: ModelSet, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, role: str = "fake_score"):
+    """Head logits of noised samples ``x_t`` (real: positive) through ``role``'s bottleneck."""
+    return models[GAN_HEAD](bottleneck(models[role], x_t, t, cond))
+
+
+def gan_losses(fake_logits: torch.Tensor, real_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Non-saturating logistic losses: (generator softplus(-D(fake)), head softplus(D(fake)) +
+    softplus(-D(real)); None without real logits), means over the batch, float32."""
+    fake_logits = fake_logits.float()
+    gen = F.softplus(-fake_logits).mean()
+    if real_logits is None:
+        return gen, None
+    return gen, F.softplus(fake_logits).mean() + F.softplus(-real_logits.float()).mean()

@@ -1,0 +1,189 @@
+"""What the score-distillation methods (DMD2, VSD, SiD) share: a one- or few-step generator, a
+fake score that learns the generator's distribution, their two phases, their roles and the export.
+
+* The generator is the student UNet run as LCMScheduler runs it with ``original_inference_steps``
+  equal to its step count K: at t_0 = 999 on pure noise, then (K > 1) re-noised to each next
+  t_i = T - 1 - i T / K with fresh noise (DMD2's 4-step generator 999, 749, 499, 249). Training
+  sees what inference sees through *backward simulation* (DMD2, Yin et al. 2024b, Sec. 4.5): a step
+  index k is drawn per iteration, steps 0 .. k-1 run without gradient from pure noise, and step k
+  runs with gradient.
+* The fake score is trained with the denoising loss on the generator's detached samples: those the
+  generator phase of the iteration handed over, or fresh ones per fake step (DMD2's choice).
+  The two time-scale update rule (``fake_steps_per_generator``) is the phase's ``repeats``.
+* A LoRA student and a LoRA fake score are two adapters on one frozen UNet whose base weights are
+  the teacher (no second or third copy); a full student gets a full fake score, a trainable copy of
+  the teacher UNet. An EMA of a full generator (``ema_decay``) is what ships.
+
+A method subclasses :class:`ScoreDistillation` and writes only its generator objective.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+
+from fewstep.distill import schedules
+from fewstep.distill.config import ConfigError, PhaseConfig, StudentConfig
+from fewstep.distill.denoiser import Denoiser
+from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
+from fewstep.distill.methods.common import encode_prompts
+from fewstep.distill.methods.score import denoising_loss
+from fewstep.distill.modelset import ModelSet
+from fewstep.distill.phases import Phase
+from fewstep.distill.students import EXPORTED_ROLE, build_students
+
+FAKE = "fake_score"  # the role of the fake score network (an adapter, or a full copy of the teacher)
+
+
+def generator_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """Where a K-step generator is evaluated: the timesteps LCMScheduler runs with
+    ``original_inference_steps = K`` ([999] for one step, [999, 749, 499, 249] for four), so training
+    and the exported scheduler agree."""
+    return schedules.consistency_timesteps(num_steps, num_steps, num_train_timesteps)
+
+
+def generator_step(student, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+    """One generator evaluation: LCMScheduler's ``denoised`` c_skip(t) x + c_out(t) x0(x, t)
+    (:func:`schedules.consistency_function`; at t >= 249 it equals x0 to ~1e-7)."""
+    tt = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
+    return schedules.consistency_function(x, student(x, tt, cond).x0, tt)
+
+
+def generate(models: ModelSet, cond: torch.Tensor, num_steps: int = 1, grad_step: int | None = None,
+             role: str = "student") -> torch.Tensor:
+    """Samples of the K-step generator from fresh pure noise.
+
+    Args:
+        models: The run's roles; ``role`` is the generator.
+        cond: Text embeddings ``[B, L, D]``.
+        num_steps: K.
+        grad_step: Backward simulation: run steps ``0 .. grad_step - 1`` without gradient and return
+            the x0 of step ``grad_step`` (with gradient if the role trains). ``None``: all K steps,
+            i.e. what the exported pipeline returns.
+
+    Returns:
+        Clean latents ``[B, C, H, W]``.
+    """
+    student = models[role]
+    c = student.unet.config
+    T = student.alphas_cumprod.shape[0]
+    ts = generator_timesteps(num_steps, T).tolist()
+    last = num_steps - 1 if grad_step is None else grad_step
+    x = torch.randn(len(cond), c.in_channels, c.sample_size, c.sample_size, device=cond.device)
+    with torch.no_grad():
+        for i in range(last):  # LCMScheduler.step: denoise, then re-noise to the next timestep
+            x0 = generator_step(student, x, ts[i], cond)
+            alpha, sigma = student.alpha_sigma(torch.tensor([ts[i + 1]], device=x.device))
+            x = alpha * x0 + sigma * torch.randn_like(x0)
+    return generator_step(student, x, ts[last], cond)
+
+
+class ScoreDistillation(Method):
+    """Phases ``generator`` (captions only) and ``fake_score`` (TTUR repeats); subclasses implement
+    :meth:`generator_objective`. Settings read from ``self.config``: ``generator_steps``,
+    ``fake_steps_per_generator``, ``fake_samples``, ``fake_train_guidance``, ``ema_decay``."""
+
+    def __init__(self, config, student=None):
+        super().__init__(config, student)
+        if config.ema_decay > 0 and self.student_config.kind == "lora":
+            raise ConfigError("method.ema_decay: an EMA of the generator needs a full student (student.kind: full); "
+                              "a LoRA student ships its online adapter")
+
+    # ---- the contract ----------------------------------------------------------------------------
+    def phases(self) -> tuple[Phase, ...]:
+        fake_data = "prompts" if self.config.fake_samples == "fresh" else "none"
+        return (Phase("generator", ("student",), data="prompts"),
+                Phase(FAKE, (FAKE,), data=self.fake_data_need(fake_data),
+                      defaults=PhaseConfig(repeats=self.config.fake_steps_per_generator)))
+
+    def fake_data_need(self, need: str) -> str:
+        """What the fake-score phase reads; a method whose fake phase needs images says so here."""
+        return need
+
+    def fake_adapter_config(self) -> StudentConfig | None:
+        """The fake score's LoRA settings (``fake_lora_*``), or None for the student's kind."""
+        c = self.config
+        if not c.fake_lora_rank:
+            return None
+        return replace(self.student_config, kind="lora", lora_rank=c.fake_lora_rank,
+                       lora_alpha=c.fake_lora_alpha or float(c.fake_lora_rank),
+                       lora_targets=list(c.fake_lora_targets) or list(self.student_config.lora_targets))
+
+    def build(self, pipe) -> ModelSet:
+        fake_lora = self.fake_adapter_config()
+        if self.student_config.kind == "lora" or fake_lora is not None:
+            return build_students(pipe, self.student_config, target_ema=self.config.ema_decay, adapters=(FAKE,),
+                                  adapter_config=fake_lora)
+        models = build_students(pipe, self.student_config, target_ema=self.config.ema_decay)
+        fake = copy.deepcopy(pipe.unet).train().requires_grad_(True)
+        models[FAKE] = Denoiser(fake, pipe.scheduler.config)
+        return models
+
+    def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
+        if phase == "generator":
+            cond, uncond = encode_prompts(models, batch["captions"])
+            x0 = self.training_samples(models, cond)
+            loss, logs = self.generator_objective(models, x0, cond, uncond, batch)
+            return LossOutput(loss, logs, handover={"x0": x0.detach(), "cond": cond})
+        return self.fake_score_loss(models, batch)
+
+    def generator_objective(self, models: ModelSet, x0: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                            batch: dict) -> tuple[torch.Tensor, dict]:
+        """(scalar loss whose gradient reaches the generator through ``x0``, logs)."""
+        raise NotImplementedError
+
+    def training_samples(self, models: ModelSet, cond: torch.Tensor) -> torch.Tensor:
+        """The generator's x0 with gradient, at a uniformly drawn step (backward simulation)."""
+        k = self.config.generator_steps
+        step = int(torch.randint(0, k, ())) if k > 1 else 0
+        return generate(models, cond, k, grad_step=step)
+
+    # ---- the fake score ----------------------------------------------------------------------------
+    def fake_samples(self, models: ModelSet, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(detached generator samples, cond, uncond) for one fake-score step."""
+        given = batch.get("handover", {})
+        if "captions" in batch:  # fresh samples (fake_samples: fresh), or called on its own
+            cond, uncond = encode_prompts(models, batch["captions"])
+            with torch.no_grad():
+                x0 = self.training_samples(models, cond)
+            return x0, cond, uncond
+        if "x0" in given:
+            cond = given["cond"]
+            return given["x0"], cond, models.encode_text([""]).expand(len(cond), -1, -1)
+        raise ValueError("the fake_score phase trains on the generator's samples of this iteration; "
+                         "none were handed over and the batch has no captions to make them from")
+
+    def fake_score_loss(self, models: ModelSet, batch: dict) -> LossOutput:
+        x0, cond, uncond = self.fake_samples(models, batch)
+        return LossOutput(self.fake_denoising_loss(models, x0, cond, uncond))
+
+    def fake_denoising_loss(self, models: ModelSet, x0: torch.Tensor, cond: torch.Tensor,
+                            uncond: torch.Tensor) -> torch.Tensor:
+        """The denoising loss of the fake score on generator samples ``x0`` (its prediction guided
+        with ``fake_train_guidance``, SiD-LSG's kappa_1; 1: unguided)."""
+        fake = models[FAKE]
+        t = torch.randint(0, fake.alphas_cumprod.shape[0], (len(x0),), device=x0.device)
+        alpha, sigma = fake.alpha_sigma(t)
+        noise = torch.randn_like(x0)
+        x_t = alpha.to(x0.dtype) * x0 + sigma.to(x0.dtype) * noise
+        g = self.config.fake_train_guidance
+        pred = fake(x_t, t, cond) if g == 1 else fake(x_t, t, cond, uncond=uncond, guidance=g)
+        return denoising_loss(pred.output, x0, noise, alpha, sigma, fake.prediction_type)
+
+    def fake_prediction(self, models: ModelSet, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                        uncond: torch.Tensor):
+        """The fake score where the generator objective evaluates it (CFG ``fake_guidance``; 1: none)."""
+        g = self.config.fake_guidance
+        return models[FAKE](x_t, t, cond) if g == 1 else models[FAKE](x_t, t, cond, uncond=uncond, guidance=g)
+
+    # ---- export ----------------------------------------------------------------------------------------
+    def recipe(self) -> Recipe:
+        """LCMScheduler with ``original_inference_steps`` = K evaluates exactly the generator's
+        timesteps and re-noises between them as :func:`generate` does. A K-step generator is trained
+        for K steps and, through its first step, for 1."""
+        k = self.config.generator_steps
+        return Recipe("LCMScheduler", {"original_inference_steps": k}, k, 1.0, trained_steps=sorted({1, k}))
+
+    def to_pipeline(self, models: ModelSet):
+        return pipeline_with(models, unet=models[EXPORTED_ROLE].unet), self.recipe()
