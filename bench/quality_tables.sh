@@ -16,5 +16,5 @@ if [ ! -f bench/results/teacher-sweep/metrics.json ] || [ "${REDO_TEACHER:-0}" =
   "$FEWSTEP" eval --pipeline tiny-sd --scheduler DDIMScheduler --steps 1,2,4 --teacher tiny-sd \
       --teacher-steps 1,2,4,25,50 --num-images "$N" --guidance 3 --teacher-guidance 3 --out bench/results/teacher-sweep
 fi
-"$PY" bench/consistency_quality.py --student lcm-lora="$RUNS/tiny-lcm-lora" --student lcm-full="$RUNS/tiny-lcm-full" \
+"$PY" bench/student_quality.py --family consistency --student lcm-lora="$RUNS/tiny-lcm-lora" --student lcm-full="$RUNS/tiny-lcm-full" \
     --student tscd-lora="$RUNS/tiny-tscd-lora" --num-images "$N" --out bench/results/consistency ${REUSE:+--reuse}

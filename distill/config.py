@@ -213,11 +213,29 @@ class TrainConfig:
     validation_every: int = ranged(500, ge=0)  # 0: only at the end
 
 
+# The metrics a validation can watch, and whether higher is better (the direction of "best").
+VALIDATION_METRICS = {"all": True, "clip": True, "fid": False}
+
+
 @dataclass
 class ValidationConfig:
-    prompts: list[str] = field(default_factory=list)  # empty: captions from the data source
-    num_images: int = ranged(16, ge=1)
+    """The sample grid every ``train.validation_every`` steps and at the end, and the quality signal
+    measured alongside it (``pipelines.validation``; best export and early-stop alarm in ``distill.watch``)."""
+
+    prompts: list[str] = field(default_factory=list)  # grid prompts; empty: captions from the data source
+    num_images: int = ranged(16, ge=1)  # images in the grid
     seed: int = ranged(1234, ge=0)
+    # Metrics at every validation, prompt i with seed i each time (paired): FID and CLIP score (eval.features,
+    # eval.clip, eval.reference), and attribute accuracy "all" on procedural prompts; off: grids only
+    metrics: bool = True
+    num_prompts: int = ranged(256, ge=2)  # images per step count per validation (FID needs 2)
+    # student step counts to measure; empty: the smallest of eval.steps, else of the trained ones, else the recipe's
+    steps: list[int] = ranged(factory=list, ge=1)
+    # the watched metric (at the first of the step counts): best/ and patience follow it; fid: lower is better;
+    # None: "all" on procedural prompts, else "fid"
+    metric: Literal["all", "fid", "clip"] | None = None
+    keep_best: bool = True  # write the export of the best validation so far to runs/<name>/best (metrics only)
+    patience: int = ranged(0, ge=0)  # stop after this many validations in a row worse than the best; 0: never
 
 
 @dataclass
@@ -259,6 +277,50 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+def procedural_validation(cfg: RunConfig) -> bool:
+    """Whether validation metrics run on procedural captions (which carry attribute labels): the
+    procedural source, or the prompts source without a file (its prompts are the procedural captions)."""
+    return cfg.data.source == "procedural" or (cfg.data.source == "prompts" and not cfg.data.path)
+
+
+def watched_metric(cfg: RunConfig) -> str:
+    """``validation.metric``, or its default for the run's data source."""
+    return cfg.validation.metric or ("all" if procedural_validation(cfg) else "fid")
+
+
+def check_trained_steps(key: str, steps: list[int], trained: list[int] | None) -> None:
+    """``key``'s step counts must be ones the student is trained for (``trained`` None: any)."""
+    untrained = [s for s in steps if trained is not None and s not in trained]
+    if untrained:
+        few = trained if len(trained) <= 10 else f"1..{max(trained)}"
+        raise ConfigError(f"{key}: the student is trained for {few} steps, not {untrained}")
+
+
+def validation_steps(cfg: RunConfig, trained: list[int] | None) -> list[int] | None:
+    """``validation.steps``, else the smallest of ``eval.steps`` (those trained), else the smallest trained
+    count (the cheapest, and the one a few-step student is most often used at), else None (the recipe's)."""
+    if cfg.validation.steps:
+        return list(cfg.validation.steps)
+    pool = [s for s in cfg.eval.steps if trained is None or s in trained] or trained
+    return [min(pool)] if pool else None
+
+
+def check_validation(cfg: RunConfig) -> None:
+    """Settings of ``validation`` that depend on other sections (no model or file is needed)."""
+    v = cfg.validation
+    if not v.metrics:
+        if v.patience:
+            raise ConfigError(f"validation.patience: {v.patience} needs validation.metrics: true (the alarm watches "
+                              "a metric)")
+        return
+    if v.metric == "all" and not procedural_validation(cfg):
+        raise ConfigError(f"validation.metric: 'all' (attribute accuracy) needs procedural prompts, but data.source "
+                          f"is {cfg.data.source!r}{' with a file' if cfg.data.path else ''}; use 'fid' or 'clip'")
+    if v.patience and not cfg.train.validation_every:
+        raise ConfigError(f"validation.patience: {v.patience} needs train.validation_every > 0 (a run that validates "
+                          "only at its end cannot stop early)")
 
 
 def _type_name(tp: Any) -> str:

@@ -6,6 +6,9 @@ phase freezes every other phase's roles, runs ``grad_accum`` micro-batches throu
 schedule, and passes its detached hand-over to the later phases. Then EMA pairs are updated.
 Checkpoints (``distill.checkpoints``) hold trainable state only and are written to a temporary
 folder and renamed, so a kill never leaves one that ``--resume latest`` would pick up half-written.
+Validations write a sample grid and, with an injected ``distill.watch.Validator``, measure a metric,
+keep the best export and stop the run after ``validation.patience`` worse validations in a row; a
+validation at a checkpoint's step runs before the checkpoint, so the checkpoint carries its result.
 """
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from fewstep.distill import checkpoints
-from fewstep.distill.config import ConfigError, DivergedError, RunConfig, TrainConfig, save_config
+from fewstep.distill.config import (VALIDATION_METRICS, ConfigError, DivergedError, RunConfig, TrainConfig,
+                                    check_trained_steps, check_validation, save_config, validation_steps,
+                                    watched_metric)
 from fewstep.distill.data import build_dataset, collate, has_images
 from fewstep.distill.files import atomic_dir
 from fewstep.distill.methods.base import Method
@@ -31,6 +36,7 @@ from fewstep.distill.methods.registry import REGISTRY
 from fewstep.distill.modelset import ModelSet, ema_update
 from fewstep.distill.phases import PhasePlan, build_optimizer, freeze_all_but, plan_phases, select_data
 from fewstep.distill.sampling import save_grid
+from fewstep.distill.watch import BEST_DIR, Validator, Watch, finite_or_none
 
 CKPT_PREFIX = "checkpoint-"
 FROZEN_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -97,13 +103,15 @@ class Checked(NamedTuple):
     method: Method
     plans: list[PhasePlan]
     dataset: torch.utils.data.Dataset
+    validation_steps: list[int] | None = None  # step counts validation metrics use (None: the recipe's)
 
 
 def preflight(cfg: RunConfig, method: Method | None = None) -> Checked:
     """Everything about a run that can be checked before a model is loaded: the method's phases
     against ``train.phases`` (names, ranges), the data source (files are read and validated here),
-    whether it has the images each phase needs, and the ``eval.steps`` the run will evaluate its
-    student at against the step counts it is trained for."""
+    whether it has the images each phase needs, the validation settings, and the ``eval.steps`` and
+    ``validation.steps`` the run will measure its student at against the step counts it is trained for."""
+    check_validation(cfg)
     method = method or REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
     plans = plan_phases(method.phases(), cfg.train)
     dataset = build_dataset(cfg.data)
@@ -112,16 +120,16 @@ def preflight(cfg: RunConfig, method: Method | None = None) -> Checked:
         raise ConfigError(f"data.source: {cfg.data.source!r} has no images, but the {', '.join(needy)} phase(s) of "
                           f"method {cfg.method.name!r} train on image batches")
     trained = method.recipe().trained_steps if hasattr(method, "recipe") else None
-    untrained = [s for s in cfg.eval.steps if trained is not None and s not in trained]
-    if cfg.eval.enabled and untrained:
-        few = trained if len(trained) <= 10 else f"1..{max(trained)}"
-        raise ConfigError(f"eval.steps: the student is trained for {few} steps, not {untrained}")
-    return Checked(method, plans, dataset)
+    if cfg.eval.enabled:
+        check_trained_steps("eval.steps", cfg.eval.steps, trained)
+    if cfg.validation.metrics:
+        check_trained_steps("validation.steps", cfg.validation.steps, trained)
+    return Checked(method, plans, dataset, validation_steps(cfg, trained))
 
 
 class Trainer:
     def __init__(self, cfg: RunConfig, pipe, accelerator: Accelerator | None = None, method: Method | None = None,
-                 checked: Checked | None = None):
+                 checked: Checked | None = None, validator: Validator | None = None):
         self.cfg, tc = cfg, cfg.train
         self.run_dir = cfg.run_dir
         checked = checked or preflight(cfg, method)  # the command line passes what it already checked
@@ -163,6 +171,13 @@ class Trainer:
         self.step = 0  # iterations done
         self.phase_steps = {p.name: 0 for p in self.plans}  # optimizer steps each phase has taken
         self.drawn = 0  # data batches consumed (resume skips exactly these)
+        self.validator = validator  # main process only: the others learn a stop decision by broadcast
+        metric = watched_metric(cfg)
+        self.watch = Watch(metric, VALIDATION_METRICS[metric], cfg.validation.patience,
+                           validator.protocol if validator is not None else "")
+        self.stopped: str | None = None  # the reason, when the alarm stopped the run
+        self.validated_at: int | None = None  # the step of the latest validation (a resumed end is not redone)
+        self.postfix: dict[str, str] = {}  # the latest validation's numbers, shown next to the losses
 
     def _check_ddp_settings(self) -> None:
         """Phases that train different parameters of one module need DDP to find unused ones."""
@@ -194,12 +209,17 @@ class Trainer:
     def _diverged(self, what: str) -> DivergedError:
         return DivergedError(f"training diverged: {what} at step {self.step}; nothing was saved; {self._resume_hint()}")
 
-    def save_checkpoint(self) -> Path:
-        """Write checkpoint-<step>; refused (nothing written, nothing pruned) if any saved tensor is not finite."""
+    def _finite_states(self) -> dict:
+        """What a checkpoint keeps (``checkpoints.module_states``); a non-finite tensor ends the run."""
         states = checkpoints.module_states(self.models, self.trained)
         bad = checkpoints.first_non_finite(states)
         if bad is not None:
             raise self._diverged(f"{bad} is not finite")
+        return states
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoint-<step>; refused (nothing written, nothing pruned) if any saved tensor is not finite."""
+        states = self._finite_states()
         root = self.run_dir / "checkpoints"
         final = root / f"{CKPT_PREFIX}{self.step}"
         with ExitStack() as stack:
@@ -212,6 +232,8 @@ class Trainer:
             self.acc.save_state(str(tmp))  # optimizers, LR schedulers, RNG of every process
             if self.acc.is_main_process:
                 counters = {"step": self.step, "phase_steps": self.phase_steps, "batches_drawn": self.drawn}
+                if self.validator is not None:
+                    counters["validation"] = {**self.watch.as_state(), "validated_at": self.validated_at}
                 checkpoints.write_state(tmp, states, counters)
             self.acc.wait_for_everyone()
         if self.acc.is_main_process:
@@ -230,6 +252,8 @@ class Trainer:
         self.acc.load_state(str(path))
         self.step, self.drawn = state["step"], state["batches_drawn"]
         self.phase_steps = dict(state["phase_steps"])
+        self.watch = self.watch.resumed(state.get("validation"))  # absent in older checkpoints: a fresh best
+        self.validated_at = (state.get("validation") or {}).get("validated_at")  # read by every process
 
     # ---- training ----------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
@@ -237,12 +261,41 @@ class Trainer:
             with open(self.run_dir / "logs.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def validate(self) -> None:
-        if not self.acc.is_main_process:
-            return
-        with torch.no_grad(), self.acc.autocast():
-            images = self.method.preview(self.models, self.val_batch, self.cfg.validation.seed)
-        save_grid(images, self.run_dir / "samples" / f"step-{self.step:06d}.png")
+    def validate(self) -> bool:
+        """The sample grid, then (with a validator) the metrics; True when the alarm stops the run."""
+        self._finite_states()  # diverged weights are reported, not sampled (every process holds the same)
+        self.validated_at, stop = self.step, False
+        if self.acc.is_main_process:
+            with torch.no_grad(), self.acc.autocast():
+                images = self.method.preview(self.models, self.val_batch, self.cfg.validation.seed)
+            save_grid(images, self.run_dir / "samples" / f"step-{self.step:06d}.png")
+            if self.validator is not None:
+                stop = self._measure()
+        if self.cfg.validation.patience and self.acc.num_processes > 1:
+            stop = broadcast_object_list([stop])[0]
+        return stop
+
+    def _measure(self) -> bool:
+        """Measure, log, keep the best export, update the alarm; True when it fires."""
+        v, device = self.cfg.validation, self.acc.device
+        # Measuring and exporting draw no randomness the training would see (resume stays bitwise).
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            with self.acc.autocast():
+                records = self.validator.measure(self.method, self.models, self.step)
+            records = [{k: finite_or_none(x) for k, x in r.items()} for r in records]
+            for r in records:
+                self._log({"step": self.step, "validation": r})
+            self.watch = self.watch.observe(records[0].get(self.watch.metric), self.step)
+            if v.keep_best and self.watch.best_step == self.step:
+                self.validator.keep_best(self.method, self.models, self.step, records[0], self.val_batch["captions"])
+        self.postfix = {f"val/{k}": f"{x:.4g}" for k, x in records[0].items()
+                        if isinstance(x, float) and k != "seconds"}
+        if not self.watch.should_stop:
+            return False
+        best = self.run_dir / BEST_DIR if v.keep_best and self.watch.best_step is not None else None
+        self.stopped = self.watch.stop_reason(self.step, best)
+        self._log({"step": self.step, "event": "stopped", "reason": self.stopped, **self.watch.as_state()})
+        return True
 
     def _draw(self, batches) -> dict:
         self.drawn += 1
@@ -290,8 +343,10 @@ class Trainer:
         # closed on any exit, so an error (e.g. a diverged run) prints on a line of its own
         with tqdm(total=tc.steps, initial=self.step, desc=self.cfg.name, disable=not self.acc.is_main_process) as bar:
             latest = {}  # each phase's most recent logs
+            losses: dict[str, str] = {}  # shown in the progress bar, with the latest validation's numbers
             t0 = time.perf_counter()
-            while self.step < tc.steps:
+            stop = False
+            while self.step < tc.steps and not stop:
                 handover = {}
                 for plan in self.plans:
                     if plan.due(self.step):
@@ -308,11 +363,14 @@ class Trainer:
                     record["sec_per_step"] = (time.perf_counter() - t0) / tc.log_every
                     t0 = time.perf_counter()
                     self._log(record)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss")})
-                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.steps:
-                    self.save_checkpoint()
+                    losses = {k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss")}
+                    bar.set_postfix({**losses, **self.postfix})
                 if tc.validation_every and self.step % tc.validation_every == 0 and self.step < tc.steps:
-                    self.validate()
+                    stop = self.validate()  # the alarm: the final checkpoint below is then this step's
+                    bar.set_postfix({**losses, **self.postfix})
+                if not stop and tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.step < tc.steps:
+                    self.save_checkpoint()
+            if not stop and self.validated_at != self.step:  # (a resumed finished run was validated)
+                self.validate()  # before the final checkpoint, so that it carries this validation's result
         self.save_checkpoint()
-        self.validate()
         return self.models

@@ -153,9 +153,13 @@ def cmd_train(args) -> int:
     from fewstep.distill.run_config import load_config
 
     cfg = load_config(config_path(args.config), args.overrides)  # before anything heavy is imported: errors come fast
-    from fewstep.distill.loop import Trainer, list_checkpoints, preflight
+    from fewstep.distill.loop import Trainer, list_checkpoints, make_accelerator, preflight
 
     checked = preflight(cfg)  # phases, data files, images each phase needs: before the teacher is loaded
+    if cfg.validation.metrics:
+        from fewstep.pipelines.validation import MetricValidator, check_inputs
+
+        check_inputs(cfg)  # the metrics' reference folder and weights, also before the teacher
     resume = None
     if args.resume:
         if args.resume == "latest":
@@ -169,11 +173,18 @@ def cmd_train(args) -> int:
             if not (resume / "fewstep_state.json").is_file():
                 raise UserError(f"--resume {resume}: not a finished fewstep checkpoint (fewstep_state.json missing)")
     pipe = _load_pipeline_for(cfg)
-    trainer = Trainer(cfg, pipe, checked=checked)
+    acc = make_accelerator(cfg.train)
+    validator = None
+    if cfg.validation.metrics and acc.is_main_process:  # the other processes learn a stop by broadcast
+        validator = MetricValidator.build(cfg, checked.validation_steps,
+                                          pipe.unet.config.sample_size * pipe.vae_scale_factor, acc.device)
+    trainer = Trainer(cfg, pipe, accelerator=acc, checked=checked, validator=validator)
     if resume is not None:
         trainer.load_checkpoint(resume)
         print(f"fewstep: resumed from {resume} at step {trainer.step}", file=sys.stderr)
     models = trainer.train()
+    if trainer.stopped and trainer.acc.is_main_process:  # a planned outcome: the final weights still export
+        print(f"fewstep: {trainer.stopped}", file=sys.stderr)
     if not args.no_export and trainer.acc.is_main_process:
         from fewstep.pipelines.export import export_run
 
@@ -186,7 +197,7 @@ def cmd_train(args) -> int:
             return 0
         from fewstep.pipelines.evaluate import evaluate_run
 
-        del trainer, models, pipe  # the sweep loads the export afresh
+        del trainer, models, pipe, validator  # the sweep loads the export afresh
         paths = evaluate_run(cfg.run_dir, device=_device("auto"))
         print(f"fewstep: evaluation report {paths['report_md']}", file=sys.stderr)
     return 0

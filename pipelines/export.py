@@ -5,6 +5,7 @@ so a killed export never leaves a folder that looks loadable.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -188,8 +189,8 @@ def full_precision(pipe, pretrained: str | None):
     if not low:
         return pipe
     fresh = load_pipeline(pretrained) if pretrained else None
-    for name in low:
-        comps[name] = getattr(fresh, name) if fresh is not None else comps[name].float()
+    for name in low:  # a copy: the run's own module keeps its dtype (best/ is exported mid-training)
+        comps[name] = getattr(fresh, name) if fresh is not None else copy.deepcopy(comps[name]).float()
     kwargs = {"requires_safety_checker": False} if "safety_checker" in comps else {}
     out = type(pipe)(**comps, **kwargs)
     out.set_progress_bar_config(disable=True)

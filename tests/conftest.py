@@ -18,7 +18,9 @@ def run_dict(tmp_path, method="denoise", steps=6, **train):
          "validation_every": 0, "seed": 0}
     t.update(train)
     return {"name": "t", "output_dir": str(tmp_path / "runs"), "method": {"name": method},
-            "model": {"tiny": dict(SMALL_ARCH)}, "train": t, "validation": {"num_images": 2}}
+            "model": {"tiny": dict(SMALL_ARCH)}, "train": t,
+            # metrics off: a test that wants the quality signal turns it on (tests/test_validation_signal.py)
+            "validation": {"num_images": 2, "metrics": False}}
 
 
 # Tests that train, export or start fresh interpreters for more than a few seconds on a 2-core runner

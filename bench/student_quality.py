@@ -1,4 +1,4 @@
-"""Quality of the consistency-family students against the teacher at 50 DDIM steps, with intervals.
+"""Quality of distilled students against the teacher at 50 DDIM steps, with intervals.
 
 Each student is evaluated with the user-facing ``fewstep eval`` on the same held-out prompts and
 seeds as the teacher sweep (procedural seed 777, image i = generator seed i); then all rows are
@@ -7,14 +7,21 @@ paired bootstrap difference to the teacher at 50 steps, and pairs of students ar
 same way. A target "ratio >= r" on an accuracy is met when the student's point value is at least
 r x the teacher's; it is *supported* when the lower end of the student's 95 % interval also is
 (the teacher's own interval at 50 steps is +-0.003 or less on these readings and is ignored).
+A "beats" check (score family) needs the paired interval of the difference to exclude 0 on
+attribute accuracy "all" (above) and on FID-infinity (below), and recall and diversity at least
+0.8x the teacher's.
 
-    OMP_NUM_THREADS=1 python bench/consistency_quality.py \
+    OMP_NUM_THREADS=1 python bench/student_quality.py --family consistency \
         --student lcm-lora=runs/tiny-lcm-lora --student tscd-lora=runs/tiny-tscd-lora \
         --student lcm-full=runs/tiny-lcm-full --num-images 1000 --out bench/results/consistency
+    OMP_NUM_THREADS=1 python bench/student_quality.py --family score \
+        --student dmd=runs/tiny-dmd --student sid=runs/tiny-sid --student vsd-lora=runs/tiny-vsd-lora \
+        --against tscd-lora=bench/results/consistency/tscd-lora --num-images 1000 --out bench/results/score
 
-Writes <out>/<label>/ (the eval report of each student), <out>/combined/ (all rows re-scored with
-the teacher sweep: report.md with the paired-difference table), <out>/<a>-vs-<b>@<steps>/ and
-<out>/summary.json + summary.md.
+``--against LABEL=REPORT`` adds an existing student report (evaluated on the same prompts) to the
+comparison without evaluating it again. Writes <out>/<label>/ (the eval report of each student),
+<out>/combined/ (all rows re-scored with the teacher sweep: report.md with the paired-difference
+table), <out>/<a>-vs-<b>@<steps>/ and <out>/summary.json + summary.md.
 """
 from __future__ import annotations
 
@@ -28,13 +35,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fewstep.pipelines.eval_compare import compare_reports  # noqa: E402
 
-# Targets of the consistency issue: steps -> minimum ratio to the teacher's accuracy.
-TARGETS = {
-    "lcm-lora": {4: 0.95, 2: 0.85},
-    "tscd-lora": {4: 0.95, 2: 0.90, 1: 0.75},
-    "lcm-full": {4: 0.97},
+# Per family: the issue's targets (steps -> minimum ratio to the teacher's accuracy) and the
+# "beats" checks (student -> (the student it must beat, at which step counts)).
+FAMILIES = {
+    "consistency": {
+        "targets": {"lcm-lora": {4: 0.95, 2: 0.85}, "tscd-lora": {4: 0.95, 2: 0.90, 1: 0.75}, "lcm-full": {4: 0.97}},
+        "better_than": {"tscd-lora": ("lcm-lora", (1, 2))},  # TSCD must beat LCM-LoRA at 1 and 2 steps
+        "strict": False,
+    },
+    "score": {  # issue 10: DMD2 and SiD beat the best consistency student at 1 step; VSD >= 0.85x
+        "targets": {"vsd-lora": {1: 0.85}, "dmd": {}, "dmd-4step": {}, "sid": {}},
+        "better_than": {"dmd": ("tscd-lora", (1,)), "sid": ("tscd-lora", (1,))},
+        "strict": True,
+    },
 }
-BETTER_THAN = {"tscd-lora": ("lcm-lora", (1, 2))}  # TSCD must beat LCM-LoRA at 1 and 2 steps
+MIN_SPREAD = 0.8  # "beats" also needs recall and diversity >= 0.8x the teacher's
 READINGS = ("mean", "all")
 COMPARED = ("fid", "fid_infinity", "attribute_accuracy.all", "attribute_accuracy.mean", "recall", "diversity")
 
@@ -62,8 +77,11 @@ def diff_text(d: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", choices=sorted(FAMILIES), default="consistency")
     p.add_argument("--student", action="append", required=True, metavar="KIND=RUN_DIR",
-                   help=f"kind one of {sorted(TARGETS)}; repeatable")
+                   help="kind one of the family's students; repeatable")
+    p.add_argument("--against", action="append", default=[], metavar="LABEL=REPORT_DIR",
+                   help="an existing student eval report on the same prompts, compared as it is")
     p.add_argument("--teacher-report", default="bench/results/teacher-sweep",
                    help="fewstep eval report of the teacher sweep (holds the 50-step row)")
     p.add_argument("--teacher-steps", type=int, default=50)
@@ -73,8 +91,10 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/consistency")
     args = p.parse_args()
 
+    family = FAMILIES[args.family]
+    TARGETS, BETTER_THAN = family["targets"], family["better_than"]
     out = Path(args.out)
-    runs, names = {}, {}
+    runs, names, reports = {}, {}, {}
     for spec in args.student:
         kind, _, run = spec.partition("=")
         if kind not in TARGETS or not run:
@@ -84,9 +104,15 @@ def main() -> None:
         if not (args.reuse and (out / kind / "metrics.json").is_file()):
             evaluate(run, steps, args.num_images, out / kind)
         names[kind] = rows_of(out / kind / "metrics.json")[0]["model"]
+        reports[kind] = out / kind
+    for spec in args.against:
+        label, _, report = spec.partition("=")
+        if not (Path(report) / "metrics.json").is_file():
+            sys.exit(f"--against {spec!r}: no metrics.json in {report}")
+        names[label], reports[label] = rows_of(Path(report) / "metrics.json")[0]["model"], Path(report)
 
     baseline = ("teacher", args.teacher_steps)
-    compare_reports([args.teacher_report, *(out / k for k in runs)], out / "combined", baseline=baseline)
+    compare_reports([args.teacher_report, *reports.values()], out / "combined", baseline=baseline)
     rows = rows_of(out / "combined" / "metrics.json")
     teacher = next(r for r in rows if r["model"] == baseline[0] and r["steps"] == baseline[1])
     if teacher["num_images"] != args.num_images:
@@ -109,7 +135,7 @@ def main() -> None:
             acc, ci, vs = r["attribute_accuracy"], r["ci"], r["vs_teacher"]
             ratio = {k: acc[k] / t_acc[k] for k in READINGS}
             low = {k: ci[f"attribute_accuracy.{k}"][0] / t_acc[k] for k in READINGS}
-            target = TARGETS[kind].get(steps)
+            target = TARGETS.get(kind, {}).get(steps)
             met = {k: target is None or ratio[k] >= target for k in READINGS}
             supported = {k: target is None or low[k] >= target for k in READINGS}
             if target is not None:
@@ -130,13 +156,22 @@ def main() -> None:
             continue
         for steps in steps_list:
             pair = out / f"{kind}-vs-{other}@{steps}"
-            compare_reports([out / other, out / kind], pair, baseline=(names[other], steps))
+            compare_reports([reports[other], reports[kind]], pair, baseline=(names[other], steps))
             row = next(r for r in rows_of(pair / "metrics.json") if r["model"] == names[kind] and r["steps"] == steps)
             vs = row["vs_teacher"]  # versus the baseline row: ``other`` at ``steps``
-            checks.append({"student": kind, "steps": steps, "better_than": other,
-                           **{f"diff_{m}": vs[m] for m in COMPARED if m in vs},
-                           **{f"met_{k}": vs[f"attribute_accuracy.{k}"]["diff"] > 0 for k in READINGS},
-                           **{f"supported_{k}": vs[f"attribute_accuracy.{k}"]["lo"] > 0 for k in READINGS}})
+            check = {"student": kind, "steps": steps, "better_than": other,
+                     **{f"diff_{m}": vs[m] for m in COMPARED if m in vs},
+                     **{f"met_{k}": vs[f"attribute_accuracy.{k}"]["diff"] > 0 for k in READINGS},
+                     **{f"supported_{k}": vs[f"attribute_accuracy.{k}"]["lo"] > 0 for k in READINGS}}
+            if family["strict"]:  # also FID-infinity lower (interval below 0) and no loss of spread
+                mine = by[(names[kind], steps)]
+                spread = {m: mine[m] / teacher[m] for m in ("recall", "diversity") if teacher.get(m)}
+                extra = vs["fid_infinity"]["hi"] < 0 and all(v >= MIN_SPREAD for v in spread.values())
+                check.update(spread_ratio=spread, fid_infinity_supported=vs["fid_infinity"]["hi"] < 0)
+                for k in READINGS:
+                    check[f"met_{k}"] = check[f"met_{k}"] and vs["fid_infinity"]["diff"] < 0 and extra
+                    check[f"supported_{k}"] = check[f"supported_{k}"] and extra
+            checks.append(check)
             lines.append(f"\n{kind} - {other} at {steps} steps (paired): "
                          + ", ".join(f"{m} {diff_text(vs[m])}" for m in COMPARED if m in vs))
     summary = {"teacher": {"report": args.teacher_report, "steps": args.teacher_steps,
