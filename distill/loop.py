@@ -138,6 +138,7 @@ class Trainer:
         self.acc = accelerator or make_accelerator(tc)
         set_seed(tc.seed, device_specific=True)
         self.models: ModelSet = self.method.build(pipe).to(self.acc.device)
+        self.method.setup(self.models, checked.dataset)  # e.g. teacher pairs made once from the data's prompts
         use_xformers_if_available(self.models, self.acc.device)
         named = {r: self.models.trainable_parameters(r) for p in self.plans for r in p.phase.modules}
         self.params = {p.name: [q for r in p.phase.modules for _, q in named[r]] for p in self.plans}

@@ -24,6 +24,7 @@ class MethodContract:
         method = REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
         models = method.build(build_tiny_pipeline(cfg.model.tiny, seed=0))
         ds = build_dataset(cfg.data)
+        method.setup(models, ds)  # as the loop does after build
         batch = collate([ds[i] for i in range(4)])
         return method, models, batch
 

@@ -43,6 +43,12 @@ class TestDmdGanLora(MethodContract):
     extra = {"gan_weight": 0.01}
 
 
+class TestDmdRegressionLora(MethodContract):
+    method = "dmd"
+    student = {"kind": "lora"}
+    extra = {"regression_weight": 0.25, "regression_pairs": 6, "regression_teacher_steps": 2}
+
+
 class TestVsdLora(MethodContract):
     method = "vsd"
     student = {"kind": "lora"}
@@ -322,11 +328,12 @@ def fewstep_latents_of_teacher(trainer, recipe):
 
 @pytest.mark.slow
 def test_resume_restores_the_ttur_position_ema_and_gan_head_bitwise(tmp_path):
-    """A 2-step DMD2 generator with fresh fake samples, the GAN head and an EMA, stopped after 2 of 4
+    """A 2-step DMD2 generator with fresh fake samples, the GAN head, the regression term and an EMA, stopped after 2 of 4
     iterations and resumed from its checkpoint, ends bitwise equal to an uninterrupted run."""
     from fewstep.distill.loop import list_checkpoints
 
-    settings = dict(kind="full", generator_steps=2, ema_decay=0.5, gan_weight=0.1, fake_steps_per_generator=3)
+    settings = dict(kind="full", generator_steps=2, ema_decay=0.5, gan_weight=0.1, fake_steps_per_generator=3,
+                    regression_weight=0.25, regression_pairs=6, regression_teacher_steps=2)
     full = make_trainer(tmp_path / "a", steps=4, **settings)
     full.train()
     first = make_trainer(tmp_path / "b", steps=2, **settings)
@@ -341,3 +348,28 @@ def test_resume_restores_the_ttur_position_ema_and_gan_head_bitwise(tmp_path):
         a, b = second.models.modules[name], full.models.modules[name]
         for (n, p), q in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(p, q), (name, n)
+
+
+def test_regression_pairs_are_the_teachers_own_ddim_samples():
+    """The pairs equal a plain diffusers pipeline (DDIM, trailing, CFG) run from the pairs' noise,
+    and making them draws nothing from the global RNG."""
+    import diffusers
+
+    from fewstep.distill.config import TinyArch
+    from fewstep.distill.methods.regression import teacher_pairs
+
+    pipe = build_tiny_pipeline(TinyArch(**SMALL_ARCH), seed=0)
+    cfg = parse_config(run_dict(Path("/tmp"), method="dmd"))
+    models = DMDMethod(cfg.method.config).build(pipe)
+    captions = ["a large red circle on the left, gray background", "a small blue square"]
+    torch.manual_seed(0)
+    state = torch.random.get_rng_state()
+    pairs = teacher_pairs(models, captions, steps=3, guidance=3.0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    plain = diffusers.StableDiffusionPipeline(**{k: v for k, v in pipe.components.items() if k != "scheduler"},
+                                              scheduler=diffusers.DDIMScheduler.from_config(
+                                                  pipe.scheduler.config, timestep_spacing="trailing"),
+                                              requires_safety_checker=False)
+    want = plain(captions, num_inference_steps=3, guidance_scale=3.0, latents=pairs.noise.clone(),
+                 output_type="latent").images
+    torch.testing.assert_close(pairs.latents, want, atol=1e-5, rtol=1e-5)

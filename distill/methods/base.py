@@ -47,6 +47,11 @@ class Method:
     def build(self, pipe) -> ModelSet:
         raise NotImplementedError
 
+    def setup(self, models: ModelSet, dataset) -> None:
+        """Called once by the loop after ``build``, with the run's dataset (items with a ``caption``):
+        for state a method derives from the data before training (e.g. DMD's regression pairs). It
+        must draw no global randomness (a resumed run calls it again and must see the same noise)."""
+
     def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
         raise NotImplementedError
 

@@ -15,7 +15,8 @@ import torch
 from fewstep.distill.methods.base import LossOutput
 from fewstep.distill.methods.common import noised
 from fewstep.distill.methods.gan import GAN_HEAD, add_gan_head, gan_logits, gan_losses
-from fewstep.distill.methods.generator import FAKE, ScoreDistillation, generate, generator_timesteps  # noqa: F401
+from fewstep.distill.methods.generator import FAKE, ScoreDistillation, generator_step, generator_timesteps
+from fewstep.distill.methods.regression import Pairs, regression_loss, teacher_pairs
 from fewstep.distill.methods.score import dmd_gradient, stop_gradient_loss
 from fewstep.distill.methods.settings import DMDConfig
 from fewstep.distill.modelset import ModelSet
@@ -24,6 +25,13 @@ from fewstep.distill.phases import Phase
 
 class DMDMethod(ScoreDistillation):
     Config = DMDConfig
+    pairs: Pairs | None = None  # the regression term's teacher pairs (made in setup)
+
+    def setup(self, models, dataset) -> None:
+        cfg = self.config
+        if cfg.regression_weight > 0:
+            captions = [dataset[i % len(dataset)]["caption"] for i in range(cfg.regression_pairs)]
+            self.pairs = teacher_pairs(models, captions, cfg.regression_teacher_steps, cfg.real_guidance)
 
     def phases(self) -> tuple[Phase, ...]:
         gen, fake = super().phases()
@@ -50,12 +58,27 @@ class DMDMethod(ScoreDistillation):
             grad = dmd_gradient(x0, real, fake)
         loss = stop_gradient_loss(x0, grad)
         logs = {"grad_abs": grad.abs().mean().item(), "t_mean": t.float().mean().item()}
+        if cfg.regression_weight > 0:
+            reg = self.regression(models, len(x0))
+            loss = loss + cfg.regression_weight * reg
+            logs["regression"] = reg.item()
         if cfg.gan_weight > 0:
             t = torch.randint(cfg.t_min, cfg.t_max + 1, (len(x0),), device=x0.device)
             gen_loss, _ = gan_losses(fake_logits=gan_logits(models, noised(models[FAKE], x0, t), t, cond))
             loss = loss + cfg.gan_weight * gen_loss
             logs["gan"] = gen_loss.item()
         return loss, logs
+
+    def regression(self, models, n: int) -> torch.Tensor:
+        """The regression loss on ``n`` pairs drawn uniformly: the generator's first step (t = 999)
+        from the pair's noise against the teacher's sample."""
+        if self.pairs is None:
+            raise RuntimeError("method.regression_weight is on but setup() made no pairs")
+        idx = torch.randint(0, len(self.pairs.noise), (n,))
+        cond = models.encode_text([self.pairs.captions[i] for i in idx.tolist()])
+        z = self.pairs.noise[idx].to(cond.device)
+        t0 = int(generator_timesteps(self.config.generator_steps)[0])
+        return regression_loss(generator_step(models["student"], z, t0, cond), self.pairs.latents[idx].to(cond.device))
 
     def fake_score_loss(self, models, batch):
         """The fake score's denoising loss, plus the GAN head's loss on the same generator samples

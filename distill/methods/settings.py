@@ -139,6 +139,12 @@ class DMDConfig(ScoreConfig):
     # noised generator samples vs noised real images; 0: off. It needs a data source with images.
     gan_weight: float = ranged(0.0, ge=0.0)  # generator's non-saturating loss weight (DMD2 SDXL 5e-3)
     gan_head_weight: float = ranged(0.01, ge=0.0)  # the head's loss weight in the fake-score phase (DMD2 1e-2)
+    # DMD's regression term (DMD, Yin et al. 2024, Eq. 9): the 1-step generator from the noise of
+    # teacher (noise, sample) pairs, pulled toward the teacher's samples (latent MSE where DMD uses
+    # LPIPS); 0: off. The pairs are made once before training from the data's first captions.
+    regression_weight: float = ranged(0.0, ge=0.0)
+    regression_pairs: int = ranged(256, ge=1, le=100000)  # how many pairs
+    regression_teacher_steps: int = ranged(25, ge=1, le=1000)  # DDIM (trailing) steps of the teacher's samples
 
 
 @dataclass
