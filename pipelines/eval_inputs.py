@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 PROMPT_SEED = 777  # held-out procedural scenes whose captions are the prompts (as bench/attribute_quality.py)
+VALIDATION_SEED = 888  # held-out scenes whose captions training validations use (never the eval's prompts)
 REFERENCE_SEED = 12345  # held-out procedural scenes that are the FID reference
 FLOOR_SEED = 4242  # held-out jitter of the real-images floor row
 DIVERSITY_OFFSET = 1_000_000  # generator seeds / floor indices of the diversity images start here

@@ -9,8 +9,9 @@ the best so far.
 What is measured, with the sweep's own pieces (``pipelines.evaluate.measure``; no latency, no
 diversity, no bootstrap): ``validation.num_prompts`` images per step count, prompt i with generator
 seed i at every validation, so two validations differ only in the weights (paired). On procedural
-prompts (the held-out captions ``fewstep eval`` uses, seed 777: validation image i is the eval's
-image i) attribute accuracy ``all`` (every attribute right and exactly one object), FID with the
+prompts (held-out captions of their own split, seed 888, disjoint from the prompts ``fewstep eval``
+and the benchmarks score, seed 777: a ``best/`` chosen on them is not chosen on the test prompts)
+attribute accuracy ``all`` (every attribute right and exactly one object), FID with the
 run's ``eval.features`` against ``eval.reference`` (the same cached statistics as the eval) and CLIP
 score (``eval.clip``); on other prompts FID and CLIP score. FID of a few hundred images is biased
 upwards (more dimensions than images for Inception features): compare validations of one run with
@@ -31,8 +32,8 @@ from fewstep.distill.files import atomic_dir, atomic_write
 from fewstep.distill.sampling import apply_recipe, generate
 from fewstep.distill.watch import BEST_DIR
 from fewstep.pipelines.errors import EvalError
-from fewstep.pipelines.eval_inputs import (IMAGE_SUFFIXES, PROMPT_SEED, image_files, procedural_prompts,
-                                           prompt_labels, reference_source)
+from fewstep.pipelines.eval_inputs import (IMAGE_SUFFIXES, PROMPT_SEED, VALIDATION_SEED, image_files,
+                                           procedural_prompts, prompt_labels, reference_source)
 from fewstep.pipelines.evaluate import Prepared, SweepSpec, collect, measure, reference_cache_dir
 
 BEST_FILE = "best.json"  # in runs/<name>/best: the step and metrics of the validation it was exported at
@@ -57,11 +58,12 @@ def check_inputs(cfg: RunConfig) -> None:
 
 
 def validation_prompts(cfg: RunConfig) -> tuple[list[str], str]:
-    """``(prompts, where they come from)``: the eval's held-out procedural captions on procedural
-    data, else ``validation.prompts`` or the data source's captions, repeated up to ``num_prompts``."""
+    """``(prompts, where they come from)``: held-out procedural captions (``VALIDATION_SEED``, not
+    the eval's) on procedural data, else ``validation.prompts`` or the data source's captions, repeated up to ``num_prompts``."""
     n = cfg.validation.num_prompts
     if procedural_validation(cfg):
-        return procedural_prompts(n), f"captions of held-out procedural scenes (seed {PROMPT_SEED})"
+        return (procedural_prompts(n, VALIDATION_SEED),
+                f"captions of held-out procedural scenes (seed {VALIDATION_SEED}; the eval's are {PROMPT_SEED})")
     if cfg.validation.prompts:
         pool, source = cfg.validation.prompts, "validation.prompts"
     else:
