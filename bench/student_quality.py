@@ -54,10 +54,10 @@ READINGS = ("mean", "all")
 COMPARED = ("fid", "fid_infinity", "attribute_accuracy.all", "attribute_accuracy.mean", "recall", "diversity")
 
 
-def evaluate(run: str, steps: list[int], num_images: int, out: Path) -> None:
+def evaluate(run: str, steps: list[int], num_images: int, out: Path, best: bool = False) -> None:
     fewstep = Path(sys.executable).with_name("fewstep")
-    cmd = [str(fewstep), "eval", "--run", run, "--teacher-steps", "", "--steps", ",".join(map(str, steps)),
-           "--num-images", str(num_images), "--no-floor", "--out", str(out)]
+    cmd = [str(fewstep), "eval", "--run", run, "--teacher-steps", "", "--num-images", str(num_images), "--no-floor",
+           "--out", str(out), *(["--best"] if best else []), *(["--steps", ",".join(map(str, steps))] if steps else [])]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -86,8 +86,11 @@ def main() -> None:
                    help="fewstep eval report of the teacher sweep (holds the 50-step row)")
     p.add_argument("--teacher-steps", type=int, default=50)
     p.add_argument("--num-images", type=int, default=1000)
-    p.add_argument("--steps", default="1,2,4,8")
+    p.add_argument("--steps", help="student step counts (default 1,2,4,8 for the consistency family; for the "
+                                   "score family those each student was trained for)")
     p.add_argument("--reuse", action="store_true", help="read <out>/<kind>/ instead of evaluating again")
+    p.add_argument("--best", action="store_true", help="evaluate each run's best/ export (chosen by its validations "
+                                                       "on prompts disjoint from these) instead of export/")
     p.add_argument("--out", default="bench/results/consistency")
     args = p.parse_args()
 
@@ -100,9 +103,10 @@ def main() -> None:
         if kind not in TARGETS or not run:
             sys.exit(f"--student {spec!r}: expected KIND=RUN_DIR with KIND in {sorted(TARGETS)}")
         runs[kind] = run
-        steps = sorted({int(s) for s in args.steps.split(",")} | set(TARGETS[kind]))
+        given = args.steps or ("1,2,4,8" if args.family == "consistency" else "")
+        steps = sorted({int(s) for s in given.split(",") if s} | set(TARGETS[kind]))
         if not (args.reuse and (out / kind / "metrics.json").is_file()):
-            evaluate(run, steps, args.num_images, out / kind)
+            evaluate(run, steps, args.num_images, out / kind, best=args.best)
         names[kind] = rows_of(out / kind / "metrics.json")[0]["model"]
         reports[kind] = out / kind
     for spec in args.against:

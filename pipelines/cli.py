@@ -84,6 +84,8 @@ def _eval_parser(sub) -> None:
                     "--teacher); with --run, the run's export is the student, its model.pretrained the teacher, and "
                     "its eval: section the defaults. Flags override either.")
     v.add_argument("--run", metavar="RUN_DIR", help="evaluate runs/<name>/export (default out runs/<name>/eval)")
+    v.add_argument("--best", action="store_true", help="with --run: evaluate runs/<name>/best, the export of the "
+                                                       "best validation, instead (default out runs/<name>/eval-best)")
     v.add_argument("--pipeline", help="student: diffusers pipeline folder, embedded name or hub id")
     v.add_argument("--lora", help="student LoRA folder (pytorch_lora_weights.safetensors) on top of --pipeline")
     v.add_argument("--steps", metavar="N,N,..", help="student step counts (default: those of 1,2,4,8 it was "
@@ -339,11 +341,14 @@ def cmd_eval(args) -> int:
     if args.run:
         if args.pipeline or args.lora:
             raise UserError("--run evaluates the run's export: leave out --pipeline / --lora")
-        src = ev.run_entries(args.run)
+        which = "best" if args.best else "export"
+        src = ev.run_entries(args.run, export_dir=which)
         config = dataclasses.replace(src.config, **flags)
         src = ev.run_entries(args.run, config, teacher=args.teacher, scheduler=args.scheduler,
-                             leading_baseline=args.teacher_leading)
+                             leading_baseline=args.teacher_leading, export_dir=which)
         entries, out = src.entries, Path(args.out) if args.out else src.out
+    elif args.best:
+        raise UserError("--best needs --run RUN_DIR")
     elif args.pipeline:
         config = dataclasses.replace(EvalConfig(), **flags)
         if args.teacher is None and "teacher_steps" in flags:

@@ -131,10 +131,11 @@ class RunEntries:
 
 
 def run_entries(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, teacher: str | None = None,
-                scheduler: str | None = None, leading_baseline: bool = False) -> RunEntries:
+                scheduler: str | None = None, leading_baseline: bool = False, export_dir: str = "export") -> RunEntries:
     """Entries for ``runs/<name>``: its export (a pipeline, or a LoRA on ``model.pretrained``) against
     the teacher ``model.pretrained``. A run that trains a teacher (``denoise``) is evaluated alone, as
-    a teacher, at ``steps + teacher_steps``.
+    a teacher, at ``steps + teacher_steps``. ``export_dir="best"``: the best validation's export
+    instead, reported to ``runs/<name>/eval-best``.
     """
     from fewstep.distill.run_config import load_config
 
@@ -143,18 +144,20 @@ def run_entries(run_dir: str | os.PathLike, config: EvalConfig | None = None, *,
         raise EvalError(f"{run} is not a fewstep run directory (config.yaml missing)")
     cfg = load_config(run / "config.yaml")
     config = config or cfg.eval
-    export = run / "export"
+    export = run / export_dir
+    out = run / ("eval" if export_dir == "export" else f"eval-{export_dir}")
     if not (export / "fewstep_recipe.json").is_file():
-        raise EvalError(f"{run} has no finished export ({export / 'fewstep_recipe.json'} missing); "
-                        f"write one with: fewstep export {run}")
+        hint = (f"write one with: fewstep export {run}" if export_dir == "export" else
+                "it is written when a validation measures a metric (validation.metrics, validation.keep_best)")
+        raise EvalError(f"{run} has no finished {export_dir} export ({export / 'fewstep_recipe.json'} missing); {hint}")
     if cfg.method.name in TEACHER_METHODS:
         steps = list(config.steps) + list(config.teacher_steps)
         entry = teacher_entry(str(export), steps, config.teacher_guidance, cfg.name, cfg.method.name)
-        return RunEntries([entry], config, run / "eval")
+        return RunEntries([entry], config, out)
     lora = (export / "pytorch_lora_weights.safetensors").is_file()
     if lora and not cfg.model.pretrained:
         raise EvalError(f"{export} holds a LoRA but {run / 'config.yaml'} names no model.pretrained base")
     entries = build_entries(cfg.model.pretrained if lora else str(export), config, lora=str(export) if lora else None,
                             teacher=teacher or cfg.model.pretrained, scheduler=scheduler, name=cfg.name,
                             family=f"{cfg.method.name}-{cfg.student.kind}", leading_baseline=leading_baseline)
-    return RunEntries(entries, config, run / "eval")
+    return RunEntries(entries, config, out)

@@ -252,6 +252,16 @@ def test_fewstep_train_logs_metrics_and_keeps_the_best_export(tmp_path, capsys):
     assert (run / "export" / "model_index.json").is_file()
     state = json.loads((run / "checkpoints" / "checkpoint-6" / "fewstep_state.json").read_text())
     assert state["validation"]["best_step"] == best["step"]  # the last validation ran before the last checkpoint
+    # `fewstep eval --run --best` evaluates best/ (into eval-best/), not export/
+    code, err = fewstep(capsys, "eval", "--run", run, "--best", "--steps", "1", "--num-images", "4", "--teacher-steps", "",
+                        "--no-floor", "--diversity-prompts", "1", "--diversity-seeds", "2", "--bootstrap", "2")
+    assert code == 0, err
+    rows = json.loads((run / "eval-best" / "metrics.json").read_text())["rows"]
+    assert [r["steps"] for r in rows] == [1]
+    models = json.loads((run / "eval-best" / "metrics.json").read_text())["protocol"]["models"]
+    assert [m["pipeline"] for m in models.values()] == [str(run / BEST_DIR)]
+    code, err = fewstep(capsys, "eval", "--best", "--pipeline", "x")
+    assert code == 2 and "--best needs --run RUN_DIR" in err
 
 
 def test_fewstep_train_alarm_prints_one_line_and_still_exports(tmp_path, capsys, monkeypatch):
