@@ -224,6 +224,7 @@ def test_short_run_lowers_the_fake_score_loss(tmp_path, method):
     ("dmd", "generator_steps", 0, r"^method.generator_steps: must be"),
     ("sid", "fake_samples", "both", r"^method.fake_samples"),
     ("vsd", "real_guidance", float("nan"), r"^method.real_guidance"),
+    ("sid", "fake_caption_dropout", 0.0, r"^method.fake_caption_dropout: a guided fake score"),
 ])
 def test_bad_settings_fail_at_config_time_naming_the_key(tmp_path, method, key, value, match):
     raw = run_dict(tmp_path, method=method)

@@ -163,6 +163,9 @@ class ScoreDistillation(Method):
         """The denoising loss of the fake score on generator samples ``x0`` (its prediction guided
         with ``fake_train_guidance``, SiD-LSG's kappa_1; 1: unguided)."""
         fake = models[FAKE]
+        if self.config.fake_caption_dropout > 0:  # train the unconditional branch too (SiD-LSG)
+            drop = torch.rand(len(x0), device=x0.device) < self.config.fake_caption_dropout
+            cond = torch.where(drop[:, None, None], uncond, cond)
         t = torch.randint(0, fake.alphas_cumprod.shape[0], (len(x0),), device=x0.device)
         alpha, sigma = fake.alpha_sigma(t)
         noise = torch.randn_like(x0)

@@ -116,6 +116,9 @@ class ScoreConfig:
     real_guidance: float = ranged(3.0, ge=0.0, le=100.0)  # teacher CFG scale of the real score, uncond + s (cond - uncond)
     fake_guidance: float = ranged(1.0, ge=0.0, le=100.0)  # CFG scale of the fake score where it is evaluated (1: none)
     fake_train_guidance: float = ranged(1.0, ge=0.0, le=100.0)  # CFG scale of the fake score's prediction in its own loss
+    # fraction of the fake score's training captions replaced by "" (SiD-LSG: 0.1), so its unconditional
+    # branch is trained too: a guided fake score (fake_guidance / fake_train_guidance != 1) needs it
+    fake_caption_dropout: float = ranged(0.0, ge=0.0, le=1.0, what="a probability")
     # the score timestep t ~ U[t_min, t_max] (DMD2: 0.02 T .. 0.98 T; SwiftBrush: 20 .. 980)
     t_min: int = ranged(20, ge=0, lt=1000, what="a timestep")
     t_max: int = ranged(980, ge=0, lt=1000, what="a timestep")
@@ -130,6 +133,9 @@ class ScoreConfig:
     def check(self) -> None:
         if self.t_min >= self.t_max:
             raise ConfigError(f"method.t_min ({self.t_min}) must be below method.t_max ({self.t_max})")
+        if (self.fake_guidance != 1 or self.fake_train_guidance != 1) and self.fake_caption_dropout == 0:
+            raise ConfigError("method.fake_caption_dropout: a guided fake score (fake_guidance or fake_train_guidance "
+                              "!= 1) needs an unconditional branch trained on empty captions; set it > 0 (SiD-LSG: 0.1)")
 
 
 @dataclass
@@ -161,6 +167,7 @@ class SiDConfig(ScoreConfig):
     real_guidance: float = ranged(2.0, ge=0.0, le=100.0)
     fake_guidance: float = ranged(2.0, ge=0.0, le=100.0)
     fake_train_guidance: float = ranged(2.0, ge=0.0, le=100.0)
+    fake_caption_dropout: float = ranged(0.1, ge=0.0, le=1.0, what="a probability")
 
 
 # config name -> settings class (the method classes: methods.REGISTRY, under the same names)
