@@ -29,11 +29,12 @@ Writes <out>/cost.json and <out>/cost.md and prints the table. ``--parts`` rerun
    the step. Reported: that peak minus the process's RSS before the UNet is built (after imports and
    the tiny text encoder / VAE, whose first build also loads diffusers' and transformers' lazily
    imported modules, ~0.3 GiB that is not model memory), and its ratio to the same quantity for
-   the teacher's own forward + backward (w.r.t. the input, same shape, same process set-up). A configuration whose estimated need (from the parameter count and the
-   teacher's activations) does not fit in MemAvailable is skipped with the reason; a watchdog ends
-   a worker if free memory drops below ``--min-free-gb``. Full students that do not fit at SD1.5
-   size are measured on ``sd15-half`` (SD1.5's exact block layout at half width, every count and
-   the 768-wide cross-attention kept; ~1/4 of the parameters), where LoRA is measured too.
+   the teacher's own forward + backward (w.r.t. the input, same shape, same process set-up). A
+   configuration whose estimated need (parameter count, teacher's activations) does not fit in
+   MemAvailable is skipped with the reason; a watchdog ends a worker below ``--min-free-gb``. Full
+   students that do not fit at SD1.5 size are measured on ``sd15-half`` (SD1.5's exact block layout
+   at half width, every count and the 768-wide cross-attention kept; ~1/4 of the parameters), where
+   LoRA is measured too.
 3. **Wall time** (``walltime``), in this process on one thread: each tiny config (embedded
    teacher, batch 16) runs ``--warmup`` + ``--iterations`` iterations; seconds per iteration
    (= generator update) after the warm-up, mean and sd, wall clock and process CPU time (the latter
@@ -69,14 +70,9 @@ TINY = ROOT / "configs" / "tiny"
 GIB = 1024 ** 3
 
 # label -> (tiny config it takes its settings from, method overrides)
-VARIANTS = {
-    "dmd": ("dmd.yaml", {}),  # fresh fake samples, 5 fake steps
-    "dmd-handover": ("dmd.yaml", {"fake_samples": "handover"}),
-    "dmd-4step": ("dmd_4step.yaml", {}),
-    "dmd-gan": ("dmd.yaml", {"gan_weight": 0.01}),
-    "vsd": ("vsd_lora.yaml", {}),
-    "sid": ("sid.yaml", {}),
-}
+VARIANTS = {"dmd": ("dmd.yaml", {}),  # fresh fake samples, 5 fake steps
+            "dmd-handover": ("dmd.yaml", {"fake_samples": "handover"}), "dmd-4step": ("dmd_4step.yaml", {}),
+            "dmd-gan": ("dmd.yaml", {"gan_weight": 0.01}), "vsd": ("vsd_lora.yaml", {}), "sid": ("sid.yaml", {})}
 KINDS = ("lora", "full")
 MEMORY_VARIANTS = ("dmd", "dmd-gan", "vsd", "sid")
 WALL_CONFIGS = {"dmd.yaml": ("dmd", "full"), "dmd_4step.yaml": ("dmd-4step", "full"),
@@ -85,7 +81,8 @@ REFERENCE = "lcm_lora.yaml"
 # the tests' very small pipeline (tests/conftest.py SMALL_ARCH)
 COUNT_ARCH = {"text_hidden": 32, "text_layers": 1, "text_heads": 2, "vae_channels": [8, 16, 16],
               "unet_channels": [16, 32], "unet_attention_head_dim": 8}
-# Stable Diffusion 1.5's UNet (runwayml/stable-diffusion-v1-5 unet/config.json); widths / divisor
+# Stable Diffusion 1.5's UNet (stable-diffusion-v1-5/stable-diffusion-v1-5 unet/config.json; the rest are
+# diffusers' defaults, as there); its widths are divided by ARCHS[arch]
 SD15 = dict(in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
@@ -222,6 +219,7 @@ def tally(calls: list[dict], batch: int, updates: int) -> dict:
     """Per generator update: calls, sample-evaluations (rows / B) and their gradient flags."""
     def per(x):
         return round(x / updates, 3)
+
     return {"calls": per(len(calls)), "grad_calls": per(sum(c["grad"] for c in calls)),
             "evals": per(sum(c["rows"] for c in calls) / batch),
             "grad_evals": per(sum(c["rows"] for c in calls if c["grad"]) / batch),
@@ -262,19 +260,20 @@ def count_passes(variant: str, kind: str, iterations: int, batch: int) -> dict:
 
 
 # ---- 2. memory (workers) --------------------------------------------------------------------------
-def proc_status(key: str) -> int:
-    """A /proc/self/status field in bytes (VmRSS, VmHWM)."""
-    for line in open("/proc/self/status"):
+def read_kb(path: str, key: str) -> int:
+    """A ``key: N kB`` field of a /proc file, in bytes (VmRSS, VmHWM of /proc/self/status; MemAvailable)."""
+    for line in open(path):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(key)
 
 
+def proc_status(key: str) -> int:
+    return read_kb("/proc/self/status", key)
+
+
 def mem_available() -> int:
-    for line in open("/proc/meminfo"):
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise KeyError("MemAvailable")
+    return read_kb("/proc/meminfo", "MemAvailable")
 
 
 def reset_peak() -> int:
@@ -367,8 +366,11 @@ def memory_worker(spec: dict) -> dict:
 
 def spawn(spec: dict, timeout: float) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                              text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "skipped": f"worker ran past {timeout:.0f} s"}
     if proc.returncode != 0:
         return {**spec, "skipped": f"worker failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -404,9 +406,7 @@ def measure_memory(args) -> dict:
         ref_net = ref["net_peak"]["teacher"]
         print(f"  teacher fwd+bwd: {ref_net / GIB:.2f} GiB above the baseline")
         act = max(ref_net - p, GIB // 4)
-        for kind in args.kinds:
-            if kind not in arch_kinds(args, arch):
-                continue
+        for kind in ("lora", "full") if arch in args.full_archs else ("lora",):
             for variant in args.memory_variants:
                 need, free = estimate(kind, variant, p, act), mem_available()
                 key = f"{variant}/{kind}"
@@ -425,11 +425,6 @@ def measure_memory(args) -> dict:
                 print(f"  {key}: " + ", ".join(f"{ph} {v / GIB:.2f} GiB ({res['ratio'][ph]}x)"
                                                for ph, v in res["net_peak"].items()) + f"  [{time.time() - t0:.0f} s]")
     return results
-
-
-def arch_kinds(args, arch: str) -> tuple[str, ...]:
-    """Student kinds measured on ``arch``: ``--full-archs`` limits where full students are tried."""
-    return ("lora", "full") if arch in args.full_archs else ("lora",)
 
 
 # ---- 3. wall time ---------------------------------------------------------------------------------
@@ -502,8 +497,8 @@ def table(results: dict) -> str:
             mk = f"{variant}/{kind}"
             row += [fmt_mem(mem, arch, mk, "generator"), fmt_mem(mem, arch, mk, "fake_score")]
         w = wall.get("configs", {}).get(by_row.get((variant, kind)))
-        row += ([f"{w['wall_s']:.3f} +- {w['wall_sd']:.3f} ({w['cpu_s']:.3f})", f"{w['wall_ratio']:.1f} ({w['cpu_ratio']:.1f})"]
-                if w else ["-", "-"])
+        row += ([f"{w['wall_s']:.3f} +- {w['wall_sd']:.3f} ({w['cpu_s']:.3f})",
+                 f"{w['wall_ratio']:.1f} ({w['cpu_ratio']:.1f})"] if w else ["-", "-"])
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -519,7 +514,8 @@ def notes(results: dict) -> str:
                    "is 1 call and 2 sample-evals; DMD2's GAN bottleneck calls stop at the mid-block and count as "
                    "calls and evals too (down path only). 'backward through': evals whose output backward reached.")
         odd = {k: v["grad_without_backward"] for k, v in c.items() if v["grad_without_backward"]}
-        out.append("Forwards that recorded a gradient graph backward never used: " + (json.dumps(odd) if odd else "none."))
+        odd = json.dumps(odd) if odd else "none"
+        out.append(f"Forwards that recorded a gradient graph backward never used: {odd}.")
     m = results.get("memory")
     if m:
         parts = []
@@ -530,17 +526,19 @@ def notes(results: dict) -> str:
             parts.append(f"{arch} ({e['unet_params_m']} M parameters, {e['unet_fp32_gib']} GiB fp32): teacher fwd+bwd "
                          f"{ref_s}" + (f"; skipped: {', '.join(skipped)} ({e['configs'][skipped[0]]['skipped']})"
                                        if skipped else ""))
-        out.append(f"Memory: peak RSS of the step above the process's RSS before the UNet was built (imports, tiny text encoder and VAE), fp32, latents "
-                   f"{m['latent']}x{m['latent']}, batch {m['batch']}, LoRA rank {m['lora_rank']}, steady state "
-                   f"(second iteration); ratio to the teacher's own forward + backward. " + "; ".join(parts) + ".")
+        out.append(f"Memory: peak RSS of the step above the process's RSS before the UNet was built (imports, "
+                   f"tiny text encoder and VAE), fp32, latents {m['latent']}x{m['latent']}, batch {m['batch']}, "
+                   f"LoRA rank {m['lora_rank']}, steady state (second iteration); ratio to the teacher's own "
+                   "forward + backward. " + "; ".join(parts) + ".")
     w = results.get("walltime")
     if w:
         r = w["reference"]
         out.append(f"Time: tiny configs (embedded teacher, batch 16; LCM-LoRA batch 32), mean +- sd over "
                    f"{r['first']['iterations']} iterations after {r['first']['warmup']} warm-up, one thread, "
                    f"nice 19 on a shared 2-core machine (CPU seconds are the steadier figure). LCM-LoRA step: "
-                   f"{r['first']['wall_s']:.3f} s first, {r['last']['wall_s']:.3f} s last (CPU {r['first']['cpu_s']:.3f}"
-                   f" / {r['last']['cpu_s']:.3f}).")
+                   f"{r['first']['wall_s']:.3f} s first, {r['last']['wall_s']:.3f} s last (CPU "
+                   f"{r['first']['cpu_s']:.3f} / {r['last']['cpu_s']:.3f}). Ratios are per optimizer step at each "
+                   "config's own batch.")
     return "\n\n".join(out)
 
 
@@ -552,7 +550,6 @@ def main(argv=None) -> int:
     ap.add_argument("--count-batch", type=int, default=2)
     ap.add_argument("--archs", default="sd15,sd15-half", help=f"memory architectures among {list(ARCHS)}")
     ap.add_argument("--full-archs", default="sd15,sd15-half", help="where full students are tried (if they fit)")
-    ap.add_argument("--kinds", default="lora,full")
     ap.add_argument("--memory-variants", default=",".join(MEMORY_VARIANTS))
     ap.add_argument("--latent", type=int, default=32, choices=(8, 16, 32))
     ap.add_argument("--mem-batch", type=int, default=1)
@@ -567,7 +564,7 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(memory_worker(json.loads(args.worker))))
         return 0
-    for name in ("archs", "full_archs", "kinds", "memory_variants", "parts"):
+    for name in ("archs", "full_archs", "memory_variants", "parts"):
         setattr(args, name, tuple(x for x in getattr(args, name).split(",") if x))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "cost.json"

@@ -4,16 +4,16 @@ Each iteration runs the method's phases that are due (``distill.phases``), in de
 phase freezes every other phase's roles, runs ``grad_accum`` micro-batches through
 ``method.loss`` (under the mixed-precision autocast), clips, steps its own optimizer and LR
 schedule, and passes its detached hand-over to the later phases. Then EMA pairs are updated.
-Checkpoints (``distill.checkpoints``) hold trainable state only and are written to a temporary
-folder and renamed, so a kill never leaves one that ``--resume latest`` would pick up half-written.
+Checkpoints (``distill.checkpoints``) hold trainable state only, with a manifest of every file, and
+are written to a temporary folder and renamed, so a kill never leaves one that ``--resume latest``
+would pick up half-written; a resumed run marks ``logs.jsonl`` so ``distill.runlog.read_logs`` keeps
+each step's records once.
 Validations write a sample grid and, with an injected ``distill.watch.Validator``, measure a metric,
 keep the best export and stop the run after ``validation.patience`` worse validations in a row; a
 validation at a checkpoint's step runs before the checkpoint, so the checkpoint carries its result.
 """
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,19 +26,19 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from fewstep.distill import checkpoints
+from fewstep.distill.checkpoints import CKPT_PREFIX, list_checkpoints  # noqa: F401 (re-exported)
 from fewstep.distill.config import (VALIDATION_METRICS, ConfigError, DivergedError, RunConfig, TrainConfig,
                                     check_trained_steps, check_validation, save_config, validation_steps,
                                     watched_metric)
 from fewstep.distill.data import build_dataset, collate, has_images
-from fewstep.distill.files import atomic_dir
 from fewstep.distill.methods.base import Method
 from fewstep.distill.methods.registry import REGISTRY
 from fewstep.distill.modelset import ModelSet, ema_update
 from fewstep.distill.phases import PhasePlan, build_optimizer, freeze_all_but, plan_phases, select_data
+from fewstep.distill.runlog import LOG_FILE, RESUMED, append_record
 from fewstep.distill.sampling import save_grid
 from fewstep.distill.watch import BEST_DIR, Validator, Watch, finite_or_none
 
-CKPT_PREFIX = "checkpoint-"
 FROZEN_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -59,17 +59,6 @@ class StreamSampler(torch.utils.data.Sampler):
             else:
                 yield from range(self.n)
             epoch += 1
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Finished checkpoints (renamed into place) in step order."""
-    root = Path(run_dir) / "checkpoints"
-    found = []
-    for p in root.glob(f"{CKPT_PREFIX}*") if root.is_dir() else []:
-        suffix = p.name[len(CKPT_PREFIX):]
-        if suffix.isdigit() and (p / checkpoints.STATE_FILE).is_file():
-            found.append((int(suffix), p))
-    return sorted(found)
 
 
 def use_xformers_if_available(models: ModelSet, device: torch.device) -> bool:
@@ -179,6 +168,7 @@ class Trainer:
         self.stopped: str | None = None  # the reason, when the alarm stopped the run
         self.validated_at: int | None = None  # the step of the latest validation (a resumed end is not redone)
         self.postfix: dict[str, str] = {}  # the latest validation's numbers, shown next to the losses
+        self.resumed_from: Path | None = None  # the checkpoint loaded, until train() marks the log
 
     def _check_ddp_settings(self) -> None:
         """Phases that train different parameters of one module need DDP to find unused ones."""
@@ -221,46 +211,25 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write checkpoint-<step>; refused (nothing written, nothing pruned) if any saved tensor is not finite."""
         states = self._finite_states()
-        root = self.run_dir / "checkpoints"
-        final = root / f"{CKPT_PREFIX}{self.step}"
-        with ExitStack() as stack:
-            tmp = None
-            if self.acc.is_main_process:
-                for stale in root.glob(f".tmp-{CKPT_PREFIX}*"):  # left by a killed save
-                    shutil.rmtree(stale, ignore_errors=True)
-                tmp = str(stack.enter_context(atomic_dir(final)))
-            tmp = Path(broadcast_object_list([tmp])[0])
-            self.acc.save_state(str(tmp))  # optimizers, LR schedulers, RNG of every process
-            if self.acc.is_main_process:
-                counters = {"step": self.step, "phase_steps": self.phase_steps, "batches_drawn": self.drawn}
-                if self.validator is not None:
-                    counters["validation"] = {**self.watch.as_state(), "validated_at": self.validated_at}
-                checkpoints.write_state(tmp, states, counters)
-            self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            done = list_checkpoints(self.run_dir)
-            for _, old in done[:max(0, len(done) - self.cfg.train.checkpoints_total_limit)]:
-                shutil.rmtree(old)
-        self.acc.wait_for_everyone()
-        return final
+        counters = {"step": self.step, "phase_steps": self.phase_steps, "batches_drawn": self.drawn}
+        if self.validator is not None:
+            counters["validation"] = {**self.watch.as_state(), "validated_at": self.validated_at}
+        return checkpoints.save(self.acc, self.run_dir, self.step, states, counters,
+                                self.cfg.train.checkpoints_total_limit)
 
-    def load_checkpoint(self, path: Path) -> None:
-        state = checkpoints.read_state(path)
-        if set(state["phase_steps"]) != set(self.phase_steps):
-            raise checkpoints.CheckpointError(f"{path}: written for phases {sorted(state['phase_steps'])}, "
-                                              f"this method has {sorted(self.phase_steps)}")
-        checkpoints.load_weights(path, state, self.models, self.trained)
-        self.acc.load_state(str(path))
+    def load_checkpoint(self, path: Path, verified: bool = False) -> None:
+        """Continue from ``path`` (verified first unless ``verified``: ``checkpoints.resume_latest`` did)."""
+        state = checkpoints.load(self.acc, path, self.models, self.trained, list(self.phase_steps), verified)
         self.step, self.drawn = state["step"], state["batches_drawn"]
         self.phase_steps = dict(state["phase_steps"])
         self.watch = self.watch.resumed(state.get("validation"))  # absent in older checkpoints: a fresh best
         self.validated_at = (state.get("validation") or {}).get("validated_at")  # read by every process
+        self.resumed_from = Path(path)
 
     # ---- training ----------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
         if self.acc.is_main_process:
-            with open(self.run_dir / "logs.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(self.run_dir / LOG_FILE, record)
 
     def validate(self) -> bool:
         """The sample grid, then (with a validator) the metrics; True when the alarm stops the run."""
@@ -340,6 +309,9 @@ class Trainer:
         if self.acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
+        if self.resumed_from is not None:  # read_logs drops what an interrupted attempt logged after this step
+            self._log({"event": RESUMED, "step": self.step, "from": str(self.resumed_from)})
+            self.resumed_from = None
         batches = iter(self.acc.skip_first_batches(self.loader, self.drawn) if self.drawn else self.loader)
         # closed on any exit, so an error (e.g. a diverged run) prints on a line of its own
         with tqdm(total=tc.steps, initial=self.step, desc=self.cfg.name, disable=not self.acc.is_main_process) as bar:

@@ -16,7 +16,7 @@ from diffusers import UNet2DConditionModel
 from peft import LoraConfig
 from torch import nn
 
-from fewstep.distill.config import StudentConfig
+from fewstep.distill.config import ConfigError, StudentConfig
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.modelset import ModelSet
 
@@ -26,11 +26,13 @@ EXPORTED_ROLE = "target"
 STUDENT_ADAPTER = "default"  # the LoRA student's peft adapter (the name LoRA exports are read under)
 
 
-def lora_target_modules(unet: nn.Module, patterns: list[str]) -> list[str]:
+def lora_target_modules(unet: nn.Module, patterns: list[str], key: str = "student.lora_targets") -> list[str]:
     """Full module names of ``unet`` whose name ends with one of ``patterns`` (Linear / Conv2d only).
 
     Resolving to full names up front lets a tiny UNet and SD1.5 share one config, and a pattern
-    that matches nothing fails loudly instead of training an empty adapter.
+    that matches nothing fails loudly (a ConfigError naming the config ``key``) instead of training an
+    empty adapter. ``unet`` may live on the meta device: only module names and types are read, so the
+    command line checks a teacher's targets from its config before any weight is loaded.
     """
     # A layer that already carries an adapter holds the original as ``<name>.base_layer``: a further
     # adapter targets the same name (peft adds it to that layer).
@@ -38,7 +40,8 @@ def lora_target_modules(unet: nn.Module, patterns: list[str]) -> list[str]:
               if isinstance(m, (nn.Linear, nn.Conv2d)) and ".lora_" not in n]
     names = [n for n in layers if any(n == p or n.endswith("." + p) for p in patterns)]
     if not names:
-        raise ValueError(f"student.lora_targets {patterns} match no Linear/Conv2d module of the UNet")
+        raise ConfigError(f"{key}: {patterns} match no Linear/Conv2d module of the UNet (a pattern matches a "
+                          "module whose name is it or ends with '.' + it, e.g. to_q or attn1.to_q)")
     return names
 
 

@@ -1,8 +1,11 @@
 """A user's own captioned images: a folder with images and a ``metadata.jsonl``.
 
 Same layout as the Hugging Face ``imagefolder`` convention: one JSON object per line with
-``file_name`` and a caption column (``text`` by default). Every listed file is checked to exist
-when the dataset is built, so a broken dataset fails before training, naming the line.
+``file_name`` and a caption column (``text`` by default). Every listed file is checked when the
+dataset is built (it exists, and PIL recognises it as an image from its header: an empty or non-image
+file fails before training, naming the line and file); an image that is damaged further in (e.g. a
+truncated PNG, whose header is intact) fails when it is first decoded, naming the file. Decoding every
+image up front would cost a full read of the dataset at each start.
 """
 from __future__ import annotations
 
@@ -14,6 +17,20 @@ from PIL import Image
 
 from fewstep.distill.config import ConfigError
 from fewstep.distill.data.jsonl import jsonl_records
+
+
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises for a bad file
+
+
+def _header_problem(path: Path) -> str | None:
+    """Why PIL cannot even identify ``path`` as an image (empty, not an image, unreadable), or None."""
+    if path.stat().st_size == 0:
+        return "is empty (0 bytes)"
+    try:
+        with Image.open(path):
+            return None
+    except UNREADABLE as e:
+        return f"is not a readable image ({e})"
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -30,6 +47,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             path = self.root / rec["file_name"]
             if not path.is_file():
                 raise ConfigError(f"{meta}:{n}: image {path} does not exist")
+            problem = _header_problem(path)
+            if problem:
+                raise ConfigError(f"{meta}:{n}: image {path} {problem}")
             self.items.append((path, str(rec[caption_column])))
         if not self.items:
             raise ConfigError(f"{meta}: no images listed")
@@ -40,7 +60,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path, text = self.items[index]
-        img = Image.open(path).convert("RGB")
+        try:
+            with Image.open(path) as f:
+                img = f.convert("RGB")
+        except UNREADABLE as e:
+            raise ConfigError(f"data.path: image {path} cannot be decoded ({e}); replace it or remove its line from "
+                              f"{self.root / 'metadata.jsonl'}") from None
         # Resize the short side, then centre-crop: SD's usual preprocessing.
         s = self.resolution / min(img.size)
         img = img.resize((max(self.resolution, round(img.width * s)), max(self.resolution, round(img.height * s))),
