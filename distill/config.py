@@ -147,6 +147,10 @@ class StudentConfig:
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj",
                                  "ff.net.2", "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv",
                                  "upsamplers.0.conv", "time_emb_proj"])
+    # LoRA students: start the adapter from an exported LoRA (a folder with pytorch_lora_weights.safetensors
+    # of the same rank and targets on the same base), e.g. a consistency student refined by score
+    # distillation (Hyper-SD's order); None: peft's fresh initialisation
+    init_lora: str | None = None
 
 
 @dataclass

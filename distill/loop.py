@@ -31,6 +31,7 @@ from fewstep.distill.config import (VALIDATION_METRICS, ConfigError, DivergedErr
                                     check_trained_steps, check_validation, save_config, validation_steps,
                                     watched_metric)
 from fewstep.distill.data import build_dataset, collate, has_images
+from fewstep.distill.lora_init import init_lora_file
 from fewstep.distill.methods.base import Method
 from fewstep.distill.methods.registry import REGISTRY
 from fewstep.distill.modelset import ModelSet, ema_update
@@ -101,6 +102,10 @@ def preflight(cfg: RunConfig, method: Method | None = None) -> Checked:
     whether it has the images each phase needs, the validation settings, and the ``eval.steps`` and
     ``validation.steps`` the run will measure its student at against the step counts it is trained for."""
     check_validation(cfg)
+    if cfg.student.init_lora:
+        if cfg.student.kind != "lora":
+            raise ConfigError("student.init_lora: starts a LoRA student's adapter; set student.kind: lora")
+        init_lora_file(cfg.student.init_lora)
     method = method or REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
     plans = plan_phases(method.phases(), cfg.train)
     dataset = build_dataset(cfg.data)

@@ -18,6 +18,7 @@ from torch import nn
 
 from fewstep.distill.config import ConfigError, StudentConfig
 from fewstep.distill.denoiser import Denoiser
+from fewstep.distill.lora_init import load_into_adapter
 from fewstep.distill.modelset import ModelSet
 
 # The one rule for what a consistency student ships: its ``target`` role, i.e. the EMA copy of a full
@@ -104,6 +105,8 @@ def build_students(pipe, cfg: StudentConfig, target_ema: float = 0.0, w_embeddin
     sched = pipe.scheduler.config
     if cfg.kind == "lora":
         unet = add_lora(pipe.unet, cfg, STUDENT_ADAPTER)
+        if cfg.init_lora:
+            load_into_adapter(unet, cfg.init_lora, STUDENT_ADAPTER)
         for name in adapters:
             add_lora(unet, adapter_config or cfg, name)
         _activate(unet, STUDENT_ADAPTER)
