@@ -320,7 +320,18 @@ def load_weights(folder: Path, state: dict, models: ModelSet, trained: dict[str,
         try:
             unwrap(models.modules[info["module"]]).load_state_dict(tensors, strict=False)
         except RuntimeError as e:  # shape mismatch: e.g. another LoRA rank
-            raise CheckpointError(f"{path}: does not fit module {info['module']!r}: {str(e).splitlines()[-1]}") from None
+            raise CheckpointError(f"{path}: does not fit module {info['module']!r}: "
+                                  f"{str(e).splitlines()[-1]}") from None
+
+
+def check_phases(folder: Path, phases: list[str]) -> dict:
+    """The checkpoint's state, if it is of this format and was written for these phases (cheap: the
+    command line asks before the teacher is loaded)."""
+    state = read_state(folder)
+    if set(state["phase_steps"]) != set(phases):
+        raise CheckpointError(f"{folder}: written for phases {sorted(state['phase_steps'])}, "
+                              f"this method has {sorted(phases)} (another method's run?)")
+    return state
 
 
 def load(acc, folder: Path, models: ModelSet, trained: dict[str, set[str]], phases: list[str],
@@ -331,10 +342,7 @@ def load(acc, folder: Path, models: ModelSet, trained: dict[str, set[str]], phas
     folder = Path(folder)
     if not verified:
         verify(folder)
-    state = read_state(folder)
-    if set(state["phase_steps"]) != set(phases):
-        raise CheckpointError(f"{folder}: written for phases {sorted(state['phase_steps'])}, "
-                              f"this method has {sorted(phases)}")
+    state = check_phases(folder, phases)
     rng = folder / f"random_states_{acc.process_index}.pkl"
     if not rng.is_file():
         written = len(list(folder.glob("random_states_*.pkl")))

@@ -1,7 +1,10 @@
 """The ``fewstep`` command.
 
-User mistakes (a missing file, a bad key, a folder that is not a pipeline) end in one line on
-stderr naming the problem and exit status 2, before any expensive work; bugs still show tracebacks.
+User mistakes (a missing file, a bad key, a folder that is not a pipeline, an output path that
+cannot be written, a damaged checkpoint, image or teacher file) end in one line on stderr,
+``fewstep: error: ...`` naming the key or file, and exit status 2, before any expensive work where
+they can be known then; ``main`` is the one place that catches them (``USER_ERRORS``). Bugs still show
+tracebacks.
 """
 from __future__ import annotations
 
@@ -151,29 +154,93 @@ def config_path(name: str) -> Path:
     return path  # load_config names the missing file
 
 
+def check_output(flag: str, path: str | os.PathLike, folder: bool) -> None:
+    """``path`` (``--out`` or ``output_dir``) must be writable: checked before any work, leaving nothing."""
+    from fewstep.distill.files import unwritable
+
+    problem = unwritable(path, folder)
+    if problem:
+        raise UserError(f"{flag} {path}: {problem}")
+
+
+def lora_target_keys(cfg) -> list[tuple[str, list[str]]]:
+    """(config key, patterns) of every LoRA the run attaches to the teacher's UNet: the student's
+    (``student.lora_targets``, also a fake score's without targets of its own) and a fake score's own."""
+    method = cfg.method.config
+    fake_rank, fake_targets = getattr(method, "fake_lora_rank", 0), getattr(method, "fake_lora_targets", None)
+    keys = []
+    if cfg.student.kind == "lora" or (fake_rank and not fake_targets):
+        keys.append(("student.lora_targets", list(cfg.student.lora_targets)))
+    if fake_rank and fake_targets:
+        keys.append(("method.fake_lora_targets", list(fake_targets)))
+    return keys
+
+
+def check_lora_targets(cfg) -> None:
+    """LoRA targets that match no layer fail here, resolved against the teacher's UNet built from its
+    ``unet/config.json`` on the meta device: before any weight is loaded. (A fresh tiny pipeline has no
+    weights to wait for: ``add_lora`` checks its targets as it is built; a hub id is checked on load.)"""
+    keys = lora_target_keys(cfg)
+    if not keys or not cfg.model.pretrained or cfg.model.tiny:
+        return
+    from fewstep.distill.students import lora_target_modules
+    from fewstep.pipelines.teacher import unet_skeleton
+
+    unet = unet_skeleton(cfg.model.pretrained)
+    for key, patterns in keys if unet is not None else []:
+        lora_target_modules(unet, patterns, key)
+
+
+def _resume_point(args, run_dir: Path) -> Path | None:
+    """The checkpoint ``--resume`` names, verified (nothing loaded yet): ``latest`` falls back past
+    damaged checkpoints with one line; an explicit damaged folder is an error naming the file."""
+    from fewstep.distill import checkpoints
+
+    if args.resume == "latest":
+        path, note = checkpoints.resume_latest(run_dir)
+        if note:
+            print(f"fewstep: {note}", file=sys.stderr)
+        elif path is None:
+            print(f"fewstep: no finished checkpoint in {run_dir}/checkpoints; starting fresh", file=sys.stderr)
+        return path
+    path = Path(args.resume)
+    if not (path / checkpoints.STATE_FILE).is_file() and not (path / checkpoints.MANIFEST_FILE).is_file():
+        raise UserError(f"--resume {path}: not a finished fewstep checkpoint ({checkpoints.STATE_FILE} missing)")
+    checkpoints.verify(path)  # no fallback: the user named this one
+    return path
+
+
+def _check_overrides(overrides: list[str]) -> None:
+    """Each ``--set KEY=VALUE`` value must parse as YAML (``load_config`` reads it so)."""
+    import yaml
+
+    for assignment in overrides:
+        try:
+            yaml.safe_load(assignment.split("=", 1)[1] if "=" in assignment else "")
+        except yaml.YAMLError as e:
+            where = f" ({e.problem})" if getattr(e, "problem", None) else ""
+            raise UserError(f"--set {assignment}: the value is not valid YAML{where}") from None
+
+
 def cmd_train(args) -> int:
     from fewstep.distill.run_config import load_config
 
+    _check_overrides(args.overrides)
     cfg = load_config(config_path(args.config), args.overrides)  # before anything heavy is imported: errors come fast
-    from fewstep.distill.loop import Trainer, list_checkpoints, make_accelerator, preflight
+    check_output("output_dir", cfg.run_dir, folder=True)
+    from fewstep.distill.loop import Trainer, make_accelerator, preflight
 
     checked = preflight(cfg)  # phases, data files, images each phase needs: before the teacher is loaded
-    if cfg.validation.metrics:
+    if cfg.validation.metrics or cfg.eval.enabled:
         from fewstep.pipelines.validation import MetricValidator, check_inputs
 
         check_inputs(cfg)  # the metrics' reference folder and weights, also before the teacher
-    resume = None
-    if args.resume:
-        if args.resume == "latest":
-            done = list_checkpoints(cfg.run_dir)
-            if done:
-                resume = done[-1][1]
-            else:
-                print(f"fewstep: no finished checkpoint in {cfg.run_dir}/checkpoints; starting fresh", file=sys.stderr)
-        else:
-            resume = Path(args.resume)
-            if not (resume / "fewstep_state.json").is_file():
-                raise UserError(f"--resume {resume}: not a finished fewstep checkpoint (fewstep_state.json missing)")
+    check_lora_targets(cfg)
+    resume = _resume_point(args, cfg.run_dir) if args.resume else None
+    if resume is not None:
+        from fewstep.distill.checkpoints import check_phases
+
+        check_phases(resume, [p.name for p in checked.plans])  # another method's checkpoint: before the teacher
     pipe = _load_pipeline_for(cfg)
     acc = make_accelerator(cfg.train)
     validator = None
@@ -182,7 +249,7 @@ def cmd_train(args) -> int:
                                           pipe.unet.config.sample_size * pipe.vae_scale_factor, acc.device)
     trainer = Trainer(cfg, pipe, accelerator=acc, checked=checked, validator=validator)
     if resume is not None:
-        trainer.load_checkpoint(resume)
+        trainer.load_checkpoint(resume, verified=True)
         print(f"fewstep: resumed from {resume} at step {trainer.step}", file=sys.stderr)
     models = trainer.train()
     if trainer.stopped and trainer.acc.is_main_process:  # a planned outcome: the final weights still export
@@ -207,24 +274,44 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from fewstep.distill.run_config import load_config
-    from fewstep.distill.loop import Trainer, list_checkpoints
-    from fewstep.pipelines.export import export_run
 
     run = Path(args.run_dir)
     if not (run / "config.yaml").is_file():
         raise UserError(f"{run} is not a fewstep run directory (config.yaml missing)")
-    done = list_checkpoints(run)
-    if not done:
-        raise UserError(f"{run} has no finished checkpoint under checkpoints/ (was the run killed before its "
-                        "first save? resume it with fewstep train CONFIG --resume latest)")
+    out = Path(args.out) if args.out else run / ("export-fused" if args.fuse else "export")
+    check_output("--out", out, folder=True)
+    from fewstep.distill.checkpoints import resume_latest
+    from fewstep.distill.loop import Trainer
+    from fewstep.pipelines.export import export_run
+
     cfg = load_config(run / "config.yaml")
     cfg.output_dir, cfg.name = str(run.parent), run.name
+    newest, note = resume_latest(run)  # the newest whole checkpoint; a damaged newer one is named
+    if newest is None:
+        raise UserError(f"{run} has no finished checkpoint under checkpoints/ (was the run killed before its "
+                        "first save? resume it with fewstep train CONFIG --resume latest)")
+    if note:
+        print(f"fewstep: {note}", file=sys.stderr)
     trainer = Trainer(cfg, _load_pipeline_for(cfg))
-    trainer.load_checkpoint(done[-1][1])
-    out = Path(args.out) if args.out else run / ("export-fused" if args.fuse else "export")
+    trainer.load_checkpoint(newest, verified=True)
     export_run(trainer.method, trainer.models, cfg, out, fuse=args.fuse, grid_prompts=trainer.val_batch["captions"])
     print(f"fewstep: exported step {trainer.step} of {run} to {out}", file=sys.stderr)
     return 0
+
+
+def check_lora_file(flag: str, folder: Path, whole: bool = True) -> None:
+    """``folder`` holds ``pytorch_lora_weights.safetensors``, and with ``whole`` one whose framing is
+    intact (a truncated file is named here, not in a traceback from inside ``load_lora_weights``)."""
+    weights = folder / "pytorch_lora_weights.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{flag} {folder}: pytorch_lora_weights.safetensors not found")
+    if not whole:
+        return
+    from fewstep.pipelines.teacher import safetensors_problem
+
+    problem = safetensors_problem(weights)
+    if problem:
+        raise UserError(f"{flag} {folder}: {weights.name}: {problem}")
 
 
 def _check_scheduler(name: str) -> None:
@@ -246,26 +333,37 @@ def _check_sample_args(args) -> None:
         _check_scheduler(args.scheduler)
 
 
+def _read_recipe(path: Path):
+    """A ``fewstep_recipe.json``; a damaged one is named instead of failing inside the sampler."""
+    from fewstep.distill.sampling import Recipe
+
+    try:
+        return Recipe(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: not a fewstep recipe ({type(e).__name__}: {e})") from None
+
+
 def cmd_sample(args) -> int:
     _check_sample_args(args)
+    check_output("--out", args.out, folder=False)
     from fewstep.distill.sampling import Recipe, apply_recipe, generate, save_grid
     from fewstep.pipelines.teacher import load_pipeline, resolve
 
+    if args.lora:
+        check_lora_file("--lora", Path(args.lora), whole=False)  # before the pipeline is loaded
     pipe = load_pipeline(args.pipeline)
     recipe_file = Path(resolve(args.pipeline)) / "fewstep_recipe.json"
-    recipe = Recipe(**json.loads(recipe_file.read_text())) if recipe_file.is_file() else Recipe(
-        type(pipe.scheduler).__name__, {}, 25, 3.0)
+    recipe = _read_recipe(recipe_file) if recipe_file.is_file() else Recipe(type(pipe.scheduler).__name__, {}, 25, 3.0)
     if args.lora:
         lora = Path(args.lora)
-        if not (lora / "pytorch_lora_weights.safetensors").is_file():
-            raise UserError(f"--lora {lora}: pytorch_lora_weights.safetensors not found")
         from fewstep.pipelines.export import check_lora_base
 
-        check_lora_base(lora, pipe.unet)
+        check_lora_base(lora, pipe.unet)  # the likelier mistake first: a LoRA of another base
+        check_lora_file("--lora", lora)
         pipe.load_lora_weights(str(lora))
         lora_recipe = lora / "fewstep_recipe.json"
         if lora_recipe.is_file():
-            recipe = Recipe(**json.loads(lora_recipe.read_text()))
+            recipe = _read_recipe(lora_recipe)
     recipe.scheduler = args.scheduler or recipe.scheduler
     recipe.steps = args.steps or recipe.steps
     recipe.guidance = recipe.guidance if args.guidance is None else args.guidance
@@ -358,6 +456,10 @@ def cmd_eval(args) -> int:
         out = Path(args.out) if args.out else Path("runs") / f"eval-{entries[-1].name}"
     else:
         raise UserError("give --pipeline DIR (with --lora, --teacher as needed) or --run RUN_DIR")
+    check_output("--out", out, folder=True)
+    for entry in entries:
+        if entry.lora:
+            check_lora_file("--lora" if args.lora else "--run", Path(entry.lora))
     prompts = None
     if args.prompts:
         path = Path(args.prompts)
@@ -377,6 +479,7 @@ def cmd_build_classifier(args) -> int:
     from fewstep.pipelines.judge_config import ClassifierBuildConfig, load_build_config
 
     cfg = load_build_config(args.config, ClassifierBuildConfig)  # before torch is imported: errors come fast
+    check_output("--out", args.out, folder=True)
     from fewstep.pipelines.build_classifier import build_classifier
 
     _, record = build_classifier(cfg, args.out)
@@ -388,11 +491,26 @@ def cmd_build_tiny_clip(args) -> int:
     from fewstep.pipelines.judge_config import TinyClipBuildConfig, load_build_config
 
     cfg = load_build_config(args.config, TinyClipBuildConfig)
+    check_output("--out", args.out, folder=True)
     from fewstep.pipelines.build_tiny_clip import build_tiny_clip
 
     record = build_tiny_clip(cfg, args.out)
     print(f"fewstep: wrote {args.out}; held-out retrieval {json.dumps(record['val_retrieval'])}", file=sys.stderr)
     return 0
+
+
+# The errors a user can fix (each message names the key or file); main prints any of them as one line.
+USER_ERRORS = (UserError, ConfigError, DivergedError, TeacherError, LoraBaseError, EvalError, MetricsError, ClipError)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line. An error raised in a DataLoader worker arrives wrapped in
+    the worker's traceback ("Caught ConfigError in DataLoader worker process 0 ... Original Traceback"):
+    its own message is the last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "Original Traceback" in str(error) and lines:
+        lines = [lines[-1].split(": ", 1)[-1]]
+    return " ".join(lines)
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "eval": cmd_eval,
@@ -404,9 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ConfigError, DivergedError, TeacherError, LoraBaseError, EvalError, MetricsError,
-            ClipError) as e:
-        print(f"fewstep: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"fewstep: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fewstep.distill.checkpoints import STATE_FILE, CheckpointError
+from fewstep.distill.checkpoints import MANIFEST_FILE, STATE_FILE, CheckpointError, DamagedCheckpoint, verify
 from fewstep.distill.loop import Trainer, list_checkpoints
 from fewstep.distill.run_config import parse_config
 from fewstep.pipelines.tiny import build_tiny_pipeline
 from tests.conftest import run_dict
 
 ACCELERATE_FILES = {"optimizer.bin", "scheduler.bin", "random_states_0.pkl"}  # non-weight state
+BOOKKEEPING = {STATE_FILE, MANIFEST_FILE}
 
 
 def trained_run(tmp_path, kind, **method):
@@ -49,7 +50,7 @@ def tensor_bytes(path) -> int:
 def test_full_student_checkpoint_holds_student_and_ema_but_not_the_teacher(tmp_path):
     trainer, path = trained_run(tmp_path, "full", target_ema=0.5)
     files = listing(path)
-    assert set(files) == ACCELERATE_FILES | {STATE_FILE, "student.safetensors", "target.safetensors"}
+    assert set(files) == ACCELERATE_FILES | BOOKKEEPING | {"student.safetensors", "target.safetensors"}
     student = nbytes(trainer.models["student"].parameters())
     teacher = nbytes(trainer.models["teacher"].parameters())
     weights = tensor_bytes(path / "student.safetensors") + tensor_bytes(path / "target.safetensors")
@@ -66,7 +67,7 @@ def test_full_student_checkpoint_holds_student_and_ema_but_not_the_teacher(tmp_p
 def test_lora_checkpoint_holds_only_adapter_weights(tmp_path):
     trainer, path = trained_run(tmp_path, "lora")
     files = listing(path)
-    assert set(files) == ACCELERATE_FILES | {STATE_FILE, "unet.safetensors"}
+    assert set(files) == ACCELERATE_FILES | BOOKKEEPING | {"unet.safetensors"}
     saved = load_file(str(path / "unet.safetensors"))
     lora = {n: p for n, p in trainer.models.modules["unet"].named_parameters() if ".lora_" in n}
     assert set(saved) == set(lora)  # no base weight of the frozen UNet
@@ -91,8 +92,64 @@ def test_changed_or_old_checkpoints_are_refused_with_the_file_named(tmp_path):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="unet.safetensors: missing or changed"):
+    with pytest.raises(CheckpointError, match="unet.safetensors: corrupt: its sha256 differs"):
         trainer.load_checkpoint(path)
+    (path / MANIFEST_FILE).unlink()
     (path / STATE_FILE).write_text(json.dumps({"step": 2}))  # what fewstep wrote before lean checkpoints
     with pytest.raises(CheckpointError, match="older fewstep"):
+        trainer.load_checkpoint(path)
+
+
+def test_the_manifest_lists_every_file_of_the_folder(tmp_path):
+    _, path = trained_run(tmp_path, "lora")
+    manifest = json.loads((path / MANIFEST_FILE).read_text())["files"]
+    assert set(manifest) == {p.name for p in path.iterdir()} - {MANIFEST_FILE}
+    for name, info in manifest.items():
+        assert info["bytes"] == (path / name).stat().st_size and len(info["sha256"]) == 64
+    assert verify(path)["step"] == 2
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("truncate:random_states_0.pkl", "random_states_0.pkl: truncated"),
+    ("delete:optimizer.bin", "optimizer.bin: missing"),
+    ("flip:scheduler.bin", "scheduler.bin: corrupt"),
+    ("truncate:fewstep_state.json", "fewstep_state.json: truncated"),
+    ("garble:manifest.json", "manifest.json: not valid JSON"),
+    ("delete:manifest.json", "manifest.json: missing; fewstep_state.json says it was written"),
+])
+def test_any_damaged_file_is_named_before_anything_is_loaded(tmp_path, damage, needle):
+    trainer, path = trained_run(tmp_path, "lora")
+    how, name = damage.split(":")
+    file = path / name
+    data = file.read_bytes()
+    if how == "truncate":
+        file.write_bytes(data[:len(data) // 2])
+    elif how == "delete":
+        file.unlink()
+    elif how == "flip":
+        file.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    else:
+        file.write_text("{not json")
+    before = {k: v.clone() for k, v in trainer.models.modules["unet"].state_dict().items()}
+    rng = torch.get_rng_state()
+    with pytest.raises(DamagedCheckpoint, match=needle):
+        trainer.load_checkpoint(path)
+    assert torch.equal(torch.get_rng_state(), rng)  # nothing restored, RNG included
+    after = trainer.models.modules["unet"].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_checkpoint_without_the_full_manifest_still_loads_and_checks_its_rng(tmp_path):
+    """Checkpoints written before the full manifest: their weights list is verified, and an RNG file
+    accelerate could not read (it would skip it silently) is refused by name."""
+    trainer, path = trained_run(tmp_path, "lora")
+    (path / MANIFEST_FILE).unlink()
+    state = json.loads((path / STATE_FILE).read_text())
+    del state["manifest"]
+    (path / STATE_FILE).write_text(json.dumps(state))
+    trainer.load_checkpoint(path)
+    assert trainer.step == 2
+    rng = path / "random_states_0.pkl"
+    rng.write_bytes(rng.read_bytes()[:100])
+    with pytest.raises(DamagedCheckpoint, match="random_states_0.pkl: unreadable"):
         trainer.load_checkpoint(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fewstep.distill.runlog import read_logs
 from tests.conftest import run_dict
 
 
@@ -37,7 +38,7 @@ def test_two_process_lora_training_checkpoints_and_resumes(tmp_path):
     proc = torchrun("train", str(cfg), "--set", "train.steps=4", "--resume", "latest", cwd=repo)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr and "at step 2" in proc.stderr
-    steps = [json.loads(line)["step"] for line in (tmp_path / "runs" / "t" / "logs.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in read_logs(tmp_path / "runs" / "t")]
     assert steps == [1, 2, 3, 4]  # written once (main process only), continuing at the right step
     assert (tmp_path / "runs" / "t" / "export" / "pytorch_lora_weights.safetensors").is_file()
 

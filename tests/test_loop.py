@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fewstep.distill.run_config import parse_config
+from fewstep.distill.runlog import read_logs
 from fewstep.distill.loop import Trainer, list_checkpoints
 from fewstep.pipelines.tiny import build_tiny_pipeline
 from tests.conftest import run_dict
@@ -34,7 +35,7 @@ def test_short_training_lowers_the_loss(tmp_path):
     trainer.train()
     after = fixed_batch_loss(trainer)
     assert after < 0.7 * before, (before, after)
-    logs = [json.loads(line) for line in (trainer.run_dir / "logs.jsonl").read_text().splitlines()]
+    logs = read_logs(trainer.run_dir)
     assert [r["step"] for r in logs] == list(range(1, 41))
     assert (trainer.run_dir / "samples" / "step-000040.png").is_file()
     assert (trainer.run_dir / "config.yaml").is_file()
@@ -68,8 +69,9 @@ def test_resume_continues_at_the_right_step_and_matches_uninterrupted(tmp_path):
     got = _weights(second)
     for k in ref:  # bitwise: weights, optimizer state, RNG and data position all come back exactly
         assert torch.equal(got[k], ref[k]), k
-    steps = [json.loads(line)["step"] for line in (second.run_dir / "logs.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_logs(second.run_dir)] == [1, 2, 3, 4, 5, 6]
+    raw = [json.loads(line) for line in (second.run_dir / "logs.jsonl").read_text().splitlines()]
+    assert raw[3] == {"event": "resumed", "step": 3, "from": str(done[-1][1])}  # the marker read_logs reads
 
 
 def test_checkpoints_total_limit_prunes_oldest(tmp_path):
@@ -127,6 +129,6 @@ def test_mixed_precision_stores_frozen_networks_in_its_dtype(tmp_path, kind, fre
         assert all(p.dtype == torch.float32 for p in models["target"].parameters())
     assert models["student"].alphas_cumprod.dtype == torch.float32  # buffers keep their precision
     trainer.train()
-    logs = [json.loads(line) for line in (trainer.run_dir / "logs.jsonl").read_text().splitlines()]
+    logs = read_logs(trainer.run_dir)
     assert len(logs) == 2 and all(torch.isfinite(torch.tensor(r["student/loss"])) for r in logs)
     assert (trainer.run_dir / "samples" / "step-000002.png").is_file()

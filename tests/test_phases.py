@@ -4,7 +4,6 @@ receives (data need, hand-over), gradients exactly where they belong, the frozen
 and a killed run resuming on the same phase, bitwise."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from fewstep.distill.config import ConfigError, MethodSpec, PhaseConfig, TrainCo
 from fewstep.distill.loop import Trainer, list_checkpoints
 from fewstep.distill.phases import Phase, plan_phases, select_data
 from fewstep.distill.run_config import parse_config
+from fewstep.distill.runlog import read_logs
 from fewstep.pipelines.tiny import build_tiny_pipeline
 from tests.conftest import run_dict
 from tests.phase_toy import ToyConfig, ToyTwoPhase
@@ -88,7 +88,7 @@ def test_phases_step_at_their_rates_with_gradients_only_in_their_roles(tmp_path,
     # the critic's own optimizer settings reached its optimizer (method default beta1 = 0, lr)
     group = trainer.opts["critic"].optimizer.param_groups[0]
     assert group["betas"][0] == 0.0 and group["lr"] == pytest.approx(2e-3)
-    logs = [json.loads(line) for line in (trainer.run_dir / "logs.jsonl").read_text().splitlines()]
+    logs = read_logs(trainer.run_dir)
     assert all("generator/loss" in r and "critic/loss" in r for r in logs)
 
 

@@ -1,7 +1,6 @@
 """Every numeric setting has a range next to its field, checked before any model loads, and nothing
 non-finite is ever saved (issue 11). Commands run in-process through ``main()`` like test_cli."""
 import dataclasses
-import json
 import typing
 
 import pytest
@@ -11,6 +10,7 @@ from safetensors.torch import load_file
 
 from fewstep.distill import config as C
 from fewstep.distill.methods.settings import CONFIGS
+from fewstep.distill.runlog import read_logs
 from fewstep.pipelines import judge_config as J
 from tests.conftest import run_dict
 from tests.test_cli import fewstep, one_clear_line
@@ -145,12 +145,6 @@ def test_judge_config_ranges_name_file_and_key(tmp_path):
 
 
 # ---- nothing non-finite is saved ------------------------------------------------------------------
-def _strict_json(line: str) -> dict:
-    def refuse(name):
-        raise ValueError(f"non-finite {name} in logs.jsonl")
-    return json.loads(line, parse_constant=refuse)
-
-
 @pytest.mark.parametrize("poison_at,needle", [(2, "the student phase's loss is nan at step 3"),
                                               (3, "is not finite at step 4")])
 def test_diverged_run_saves_nothing_and_keeps_the_good_checkpoint(tmp_path, capsys, monkeypatch, poison_at, needle):
@@ -178,5 +172,4 @@ def test_diverged_run_saves_nothing_and_keeps_the_good_checkpoint(tmp_path, caps
     assert not (run / "export").exists()
     for f in (run / "checkpoints" / "checkpoint-2").glob("*.safetensors"):
         assert all(torch.isfinite(t).all() for t in load_file(f).values()), f
-    for line in (run / "logs.jsonl").read_text().splitlines():
-        _strict_json(line)
+    read_logs(run, strict=True)  # no NaN or Infinity logged

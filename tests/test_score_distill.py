@@ -19,6 +19,7 @@ from fewstep.distill.methods.registry import REGISTRY
 from fewstep.distill.methods.score import denoising_loss
 from fewstep.distill.phases import plan_phases
 from fewstep.distill.run_config import load_config, parse_config
+from fewstep.distill.runlog import read_logs
 from fewstep.pipelines.tiny import build_tiny_pipeline
 from tests.conftest import SMALL_ARCH, run_dict
 from tests.test_methods import MethodContract
@@ -125,7 +126,7 @@ def test_ttur_ratio_handover_and_frozen_teacher(tmp_path, method, kind, settings
             assert torch.equal(p, teacher[n]), n
     if kind == "lora":  # student and fake score share the one teacher UNet
         assert list(models.modules) == ["unet"] and models["student"].unet is models[FAKE].unet
-    logs = [json.loads(line) for line in (trainer.run_dir / "logs.jsonl").read_text().splitlines()]
+    logs = read_logs(trainer.run_dir)
     assert all(f"{FAKE}/loss" in r and "generator/loss" in r for r in logs)
 
 
@@ -137,7 +138,7 @@ def test_gan_head_trains_with_the_fake_score_on_real_images(tmp_path):
     assert set(calls) == {("generator", ("captions",), ()), (FAKE, ("captions", "labels", "pixels"), ("cond", "x0"))}
     assert {GAN_HEAD, FAKE} <= set(trainer.plans[1].phase.modules)
     assert all(not torch.equal(a, b) for a, b in zip(head, trainer.models[GAN_HEAD].parameters()))
-    logs = [json.loads(line) for line in (trainer.run_dir / "logs.jsonl").read_text().splitlines()]
+    logs = read_logs(trainer.run_dir)
     assert all(np_finite(r["generator/gan"]) and np_finite(r[f"{FAKE}/gan_head"]) for r in logs)
 
 

@@ -19,15 +19,14 @@ import yaml
 from fewstep.distill.config import ConfigError, ValidationConfig, watched_metric
 from fewstep.distill.loop import Trainer, list_checkpoints, preflight
 from fewstep.distill.run_config import parse_config
+from fewstep.distill.runlog import read_logs
 from fewstep.distill.watch import BEST_DIR, Watch
 from fewstep.pipelines.tiny import build_tiny_pipeline
 from tests.conftest import fewstep, run_dict
 
 
 def _records(run: Path) -> list[dict]:
-    def refuse(name):
-        raise ValueError(f"non-finite {name} in logs.jsonl")
-    return [json.loads(line, parse_constant=refuse) for line in (run / "logs.jsonl").read_text().splitlines()]
+    return read_logs(run, strict=True)  # no NaN or Infinity in logs.jsonl
 
 
 def _validations(run: Path) -> list[tuple[int, dict]]:
@@ -212,7 +211,9 @@ def test_checkpoint_without_validation_state_still_loads(tmp_path):
     assert [s for s, _ in _validations(trainer.run_dir)] == [2, 4]
     path = ckpt / "fewstep_state.json"
     state = json.loads(path.read_text())
-    del state["validation"]  # as written before validation metrics existed
+    del state["validation"]  # as written before validation metrics existed (and before the full manifest)
+    del state["manifest"]
+    (ckpt / "manifest.json").unlink()
     path.write_text(json.dumps(state))
     again, _ = _trainer(tmp_path, {}, steps=6)
     again.load_checkpoint(ckpt)
