@@ -53,6 +53,7 @@ import ctypes  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -114,19 +115,16 @@ def run_config(variant: str, kind: str, out_dir, steps: int, batch: int, tiny: d
 
 def quiet_trainer(cfg, pipe):
     """A real Trainer whose ``train()`` runs only the iterations (no sample grid, no checkpoint)."""
+    from tqdm.auto import tqdm
+
     from fewstep.distill import loop
 
-    loop.tqdm = quiet_bar  # the loop's progress bar would interleave with this script's report
+    # the loop's progress bar would interleave with this script's report
+    loop.tqdm = lambda *args, **kwargs: tqdm(*args, **{**kwargs, "disable": True})
     trainer = loop.Trainer(cfg, pipe)
     trainer.validate = lambda: False
     trainer.save_checkpoint = lambda: None
     return trainer
-
-
-def quiet_bar(*args, **kwargs):
-    from tqdm.auto import tqdm
-
-    return tqdm(*args, **{**kwargs, "disable": True})
 
 
 def around_phase_steps(trainer, before, after) -> None:
@@ -475,7 +473,8 @@ def fmt_mem(mem: dict, arch: str, key: str, phase: str) -> str:
     if entry is None:
         return "-"
     if "skipped" in entry:
-        return "skipped"
+        need = re.search(r"needs about ([\d.]+) GiB", entry["skipped"])
+        return f"does not fit (est. {need.group(1)} GiB)" if need else "failed"
     return f"{entry['ratio'][phase]:.2f}x ({entry['net_peak'][phase] / GIB:.1f} GiB)"
 
 
@@ -491,8 +490,9 @@ def table(results: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for key, c in counts.items():
         variant, kind = key.split("/")
-        row = [variant, kind, f"{c['calls']:g} ({c['grad_calls']:g})",
-               f"{c['evals']:g} ({c['grad_evals']:g} / {c['backward_evals']:g})", f"{c['backward_calls']:g}"]
+        n = {k: f"{round(v, 1):g}" for k, v in c.items() if isinstance(v, float)}
+        row = [variant, kind, f"{n['calls']} ({n['grad_calls']})",
+               f"{n['evals']} ({n['grad_evals']} / {n['backward_evals']})", n["backward_calls"]]
         for arch in archs:
             mk = f"{variant}/{kind}"
             row += [fmt_mem(mem, arch, mk, "generator"), fmt_mem(mem, arch, mk, "fake_score")]
@@ -524,8 +524,8 @@ def notes(results: dict) -> str:
             ref_s = (f"{ref['net_peak']['teacher'] / GIB:.2f} GiB" if "net_peak" in ref else ref.get("skipped", "-"))
             skipped = sorted(k for k, v in e["configs"].items() if "skipped" in v)
             parts.append(f"{arch} ({e['unet_params_m']} M parameters, {e['unet_fp32_gib']} GiB fp32): teacher fwd+bwd "
-                         f"{ref_s}" + (f"; skipped: {', '.join(skipped)} ({e['configs'][skipped[0]]['skipped']})"
-                                       if skipped else ""))
+                         f"{ref_s}" + (f"; skipped: {', '.join(skipped)} (e.g. {skipped[0]}: "
+                                       f"{e['configs'][skipped[0]]['skipped']})" if skipped else ""))
         out.append(f"Memory: peak RSS of the step above the process's RSS before the UNet was built (imports, "
                    f"tiny text encoder and VAE), fp32, latents {m['latent']}x{m['latent']}, batch {m['batch']}, "
                    f"LoRA rank {m['lora_rank']}, steady state (second iteration); ratio to the teacher's own "
@@ -583,9 +583,10 @@ def main(argv=None) -> int:
         results["walltime"] = measure_wall(args)
     if "memory" in args.parts:
         results["memory"] = measure_memory(args)
-    results["command"] = "OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/score_cost.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
-    results["seconds"] = round(time.time() - t0)
+    if args.parts:  # (no parts: the report is only rendered again from cost.json)
+        results["command"] = "OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/score_cost.py " + " ".join(
+            sys.argv[1:] if argv is None else argv)
+        results["seconds"] = round(time.time() - t0)
     path.write_text(json.dumps(results, indent=1) + "\n")
     md = (f"# Training cost of the score-distillation methods\n\n`{results['command']}`\n\n{table(results)}\n\n"
           f"{notes(results)}\n")
