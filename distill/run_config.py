@@ -29,6 +29,11 @@ def parse_config(data: dict) -> RunConfig:
     cfg.method = MethodSpec(name, method_cfg)
     if cfg.model.pretrained is None and cfg.model.tiny is None:
         raise ConfigError("model: set model.pretrained (a diffusers pipeline) or model.tiny (a fresh tiny pipeline)")
+    if cfg.model.pretrained is not None and cfg.model.tiny is not None:
+        raise ConfigError("model: model.pretrained and model.tiny are both set; give one (a fresh tiny pipeline "
+                          "ignores the teacher)")
+    if not cfg.name or cfg.name in (".", "..") or "/" in cfg.name or "\\" in cfg.name:
+        raise ConfigError(f"name: {cfg.name!r} must be a plain folder name (the run folder is output_dir/name)")
     method_cfg.check()
     return cfg
 

@@ -326,7 +326,7 @@ def _check_scheduler(name: str) -> None:
 def _check_sample_args(args) -> None:
     """Every ``fewstep sample`` number and the scheduler name, before any model is loaded."""
     for flag, value, rng in (("--steps", args.steps, bounds(ge=1)), ("--num-images", args.num_images, bounds(ge=1)),
-                             ("--guidance", args.guidance, Range())):
+                             ("--guidance", args.guidance, Range()), ("--seed", args.seed, bounds(ge=0))):
         if value is not None:
             rng.check(flag, value)
     if args.scheduler is not None:

@@ -193,6 +193,9 @@ ROWS: list[tuple[str, Callable[[Ctx], list], str]] = [
     ("set-limit", lambda c: TRAIN_SET(c, "train.checkpoints_total_limit=0"), "train.checkpoints_total_limit"),
     ("set-unknown", lambda c: TRAIN_SET(c, "train.lerning_rate=1"), "unknown key 'train.lerning_rate'"),
     ("set-type", lambda c: TRAIN_SET(c, "train.batch_size=four"), "train.batch_size: expected int"),
+    ("set-name-path", lambda c: TRAIN_SET(c, "name=../elsewhere"), "name: '../elsewhere' must be a plain folder"),
+    ("model-both", lambda c: ["train", c.config(model={"pretrained": str(c.teacher), "tiny": {}})],
+     "model.pretrained and model.tiny are both set"),
     ("set-bad-yaml", lambda c: TRAIN_SET(c, "train.lr=["), "--set train.lr=[: the value is not valid YAML"),
     # command-line arguments
     ("sample-steps", lambda c: [*SAMPLE, "--steps", "0", "--out", c.tmp / "x.png"], "--steps: must be >= 1"),

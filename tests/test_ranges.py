@@ -77,6 +77,7 @@ BAD_FLAGS = [
     (["sample", "--steps", "-3"], "--steps: must be >= 1, got -3"),
     (["sample", "--num-images", "0"], "--num-images: must be >= 1"),
     (["sample", "--guidance", "nan"], "--guidance: must be a finite number"),
+    (["sample", "--seed", "-1"], "--seed: must be >= 0, got -1"),
     (["sample", "--scheduler", "StableDiffusionPipeline"], "--scheduler StableDiffusionPipeline: not a diffusers"),
     (["sample", "--scheduler", "NoSuchScheduler"], "--scheduler NoSuchScheduler: not a diffusers"),
     (["eval", "--steps", "1,,2"], "--steps '1,,2': expected comma-separated integers"),
