@@ -135,6 +135,42 @@ def test_every_numeric_field_has_a_range():
     assert not missing, missing
 
 
+def _run_keys():
+    """(method, "section.key") of every numeric key of a run config: the shared sections under the
+    denoise method, each method's own section under that method."""
+    sections = {C.TrainConfig: "train", C.StudentConfig: "student", C.DataConfig: "data",
+                C.ValidationConfig: "validation", C.EvalConfig: "eval"}
+    keys = {("denoise", f"{sections[cls]}.{f.name}") for cls, f in _numeric_fields(C.RunConfig) if cls in sections}
+    keys |= {(name, f"method.{f.name}") for name, cls in CONFIGS.items() for owner, f in _numeric_fields(cls)
+             if owner is cls}
+    return sorted(keys)
+
+
+@pytest.mark.parametrize("value", [-1, 0, float("nan"), 1e30, "x"], ids=str)
+def test_any_value_of_any_numeric_key_is_accepted_or_one_config_error(tmp_path, value):
+    """A fuzz over every numeric key: the typed config and preflight either accept the value or
+    raise ConfigError naming the key; nothing else (no TypeError, no torch error) escapes."""
+    from fewstep.distill.loop import preflight
+    from fewstep.distill.run_config import parse_config
+
+    keys = _run_keys()
+    assert len(keys) > 80  # the walk found the sections
+    accepted = []
+    for method, key in keys:
+        raw = run_dict(tmp_path, method=method)
+        section, name = key.split(".")
+        raw.setdefault(section, {})[name] = value
+        try:
+            preflight(parse_config(raw))
+            accepted.append(name)
+        except C.ConfigError as e:
+            assert key in str(e) or section in str(e), (key, str(e))
+    if value == "x" or value != value:  # text or NaN: no numeric key takes it
+        assert accepted == []
+    elif value == -1:  # negative: only a guidance scale may be
+        assert set(accepted) <= UNBOUNDED, accepted
+
+
 def test_judge_config_ranges_name_file_and_key(tmp_path):
     path = tmp_path / "clip.yaml"
     path.write_text(yaml.safe_dump({"lr": float("nan")}))
