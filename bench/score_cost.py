@@ -65,6 +65,7 @@ from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from sd15_arch import sd15_unet  # noqa: E402 (bench/ is on sys.path when a script here runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny"
@@ -82,12 +83,7 @@ REFERENCE = "lcm_lora.yaml"
 # the tests' very small pipeline (tests/conftest.py SMALL_ARCH)
 COUNT_ARCH = {"text_hidden": 32, "text_layers": 1, "text_heads": 2, "vae_channels": [8, 16, 16],
               "unet_channels": [16, 32], "unet_attention_head_dim": 8}
-# Stable Diffusion 1.5's UNet (stable-diffusion-v1-5/stable-diffusion-v1-5 unet/config.json; the rest are
-# diffusers' defaults, as there); its widths are divided by ARCHS[arch]
-SD15 = dict(in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-SD15_WIDTHS = (320, 640, 1280, 1280)
+# Stable Diffusion 1.5's UNet (bench/sd15_arch.py, shared with sd15_smoke.py); its widths are divided by ARCHS[arch]
 ARCHS = {"sd15": 1, "sd15-half": 2}
 
 
@@ -291,12 +287,6 @@ def watchdog(min_free: float) -> None:
                 os._exit(75)
             time.sleep(0.2)
     threading.Thread(target=watch, daemon=True).start()
-
-
-def sd15_unet(divisor: int, latent: int):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(sample_size=latent, block_out_channels=tuple(w // divisor for w in SD15_WIDTHS), **SD15)
 
 
 def param_bytes(arch: str) -> int:

@@ -133,9 +133,20 @@ class TinyArch:
 
 @dataclass
 class ModelConfig:
-    pretrained: str | None = None  # diffusers pipeline dir or hub id; the teacher / starting point
+    # diffusers pipeline dir or hub id (org/name: the local Hugging Face cache first, then the hub unless
+    # HF_HUB_OFFLINE is set); the teacher / starting point
+    pretrained: str | None = None
+    revision: str | None = None  # hub ids only: a branch, tag or commit hash of the repo (None: main)
+    variant: str | None = None  # weight files of this variant, e.g. "fp16": unet/*.fp16.safetensors (loaded as fp32)
     tiny: TinyArch | None = None  # build a fresh tiny pipeline instead of loading one
     prediction_type: Literal["epsilon", "v_prediction"] | None = None  # override (new teachers only)
+
+    def __post_init__(self):
+        for key in ("revision", "variant"):  # they select files of model.pretrained; alone they would do nothing
+            value = getattr(self, key)
+            if value is not None and (not value.strip() or self.pretrained is None):
+                raise ConfigError(f"model.{key}: {'empty' if not value.strip() else 'set without model.pretrained'} "
+                                  "(it picks the files of the teacher model.pretrained names)")
 
 
 @dataclass
@@ -155,13 +166,25 @@ class StudentConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["procedural", "imagefolder", "prompts"] = "procedural"  # prompts: captions only, no images
-    # procedural, prompts without path: the split's seed; imagefolder, prompts file: shuffle seed
+    # prompts: captions only, no images; webdataset: tar shards (distill.data.shards); cache: the latents and
+    # text embeddings `fewstep cache` wrote (distill.data.cache)
+    source: Literal["procedural", "imagefolder", "prompts", "webdataset", "cache"] = "procedural"
+    # procedural, prompts without path: the split's seed; imagefolder, prompts file, webdataset, cache: shuffle seed
     seed: int = ranged(0, ge=0)
-    path: str | None = None  # imagefolder: folder with images and metadata.jsonl; prompts: a .txt or .jsonl
+    # imagefolder: folder with images and metadata.jsonl; prompts: a .txt or .jsonl; webdataset: tar files, brace
+    # patterns (shard-{0000..0099}.tar) and "::"-separated lists; cache: the folder `fewstep cache --out` wrote
+    path: str | None = None
     caption_column: str = "text"  # imagefolder: the caption key in metadata.jsonl; prompts: in the .jsonl
-    resolution: int = ranged(32, ge=8)  # imagefolder: images are resized and centre-cropped to this
+    resolution: int = ranged(32, ge=8)  # imagefolder, webdataset: images are resized and centre-cropped to this
     num_workers: int = ranged(0, ge=0)
+    image_key: str = "jpg;png;jpeg;webp"  # webdataset: the image member's extension, the first present of these
+    caption_key: str = "txt"  # webdataset: the caption member's extension (UTF-8 text)
+    shuffle_buffer: int = ranged(1000, ge=0)  # webdataset: samples in the shuffle buffer; 0 or 1: shard order only
+    min_size: int | None = ranged(None, ge=1)  # webdataset: drop images whose short side is smaller (pixels)
+    max_aspect: float | None = ranged(None, ge=1.0)  # webdataset: drop images with long side / short side above this
+    # webdataset: undecodable images are skipped and counted (logged as data/corrupt); above this fraction of the
+    # samples read (judged after shards.MIN_SEEN of them) the run stops naming the shard
+    max_corrupt_fraction: float = ranged(0.01, ge=0.0, le=1.0)
 
 
 LR_SCHEDULES = Literal["constant", "constant_with_warmup", "cosine", "linear"]
@@ -212,6 +235,9 @@ class TrainConfig:
     ddp_static_graph: bool = False  # DDP: the same parameters are used in every iteration
     seed: int = ranged(0, ge=0)
     log_every: int = ranged(10, ge=1)
+    # experiment trackers (through accelerate) besides logs.jsonl: losses, lr, seconds per phase, validation
+    # metrics and sample grids; tensorboard writes runs/<name>/tensorboard; `pip install fewstep[tracking]`
+    report_to: Literal["none", "tensorboard", "wandb", "all"] = "none"
     checkpoint_every: int = ranged(500, ge=0)  # 0: only at the end
     checkpoints_total_limit: int = ranged(3, ge=1)  # the newest (the final one at the end) is always kept
     validation_every: int = ranged(500, ge=0)  # 0: only at the end

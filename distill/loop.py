@@ -11,9 +11,12 @@ each step's records once.
 Validations write a sample grid and, with an injected ``distill.watch.Validator``, measure a metric,
 keep the best export and stop the run after ``validation.patience`` worse validations in a row; a
 validation at a checkpoint's step runs before the checkpoint, so the checkpoint carries its result.
+Only the main process writes logs, grids, trackers (``distill.trackers``) and the checkpoint's shared
+files; every process writes its own RNG state.
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,15 +25,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from fewstep.distill import checkpoints
 from fewstep.distill.checkpoints import CKPT_PREFIX, list_checkpoints  # noqa: F401 (re-exported)
 from fewstep.distill.config import (VALIDATION_METRICS, ConfigError, DivergedError, RunConfig, TrainConfig,
-                                    check_trained_steps, check_validation, save_config, validation_steps,
+                                    check_trained_steps, check_validation, save_config, to_dict, validation_steps,
                                     watched_metric)
-from fewstep.distill.data import build_dataset, collate, has_images
+from fewstep.distill.data import build_dataset, collate, first_items, has_images, prepare_loader, take_corrupt
 from fewstep.distill.lora_init import init_lora_file
 from fewstep.distill.methods.base import Method
 from fewstep.distill.methods.registry import REGISTRY
@@ -38,6 +41,8 @@ from fewstep.distill.modelset import ModelSet, ema_update
 from fewstep.distill.phases import PhasePlan, build_optimizer, freeze_all_but, plan_phases, select_data
 from fewstep.distill.runlog import LOG_FILE, RESUMED, append_record
 from fewstep.distill.sampling import save_grid
+from fewstep.distill.trackers import (PROJECT, attach_trackers, check_trackers, hyperparameters, init_kwargs, log_grid,
+                                      logging_dir, scalars, tracker_names)
 from fewstep.distill.watch import BEST_DIR, Validator, Watch, finite_or_none
 
 FROZEN_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -78,13 +83,47 @@ def use_xformers_if_available(models: ModelSet, device: torch.device) -> bool:
     return True
 
 
-def make_accelerator(tc: TrainConfig) -> Accelerator:
-    """Mixed precision and DDP settings from the config."""
+def make_accelerator(tc: TrainConfig, run_dir: Path | None = None) -> Accelerator:
+    """Mixed precision and DDP settings from the config, and its trackers when given the run folder they
+    write into (without it, ``Trainer`` attaches them). The launcher's world (DDP, FSDP, DeepSpeed,
+    processes, machines) comes from ``accelerate launch`` (configs/accelerate/)."""
     handlers = []
     if tc.ddp_find_unused_parameters or tc.ddp_static_graph:
         handlers.append(DistributedDataParallelKwargs(find_unused_parameters=tc.ddp_find_unused_parameters,
                                                       static_graph=tc.ddp_static_graph))
-    return Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=handlers)
+    if run_dir is None:
+        return Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=handlers)
+    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(logging_dir(run_dir)))
+    return Accelerator(mixed_precision=tc.mixed_precision, kwargs_handlers=handlers,
+                       log_with=tracker_names(tc.report_to) or None, project_config=project)
+
+
+def check_strategy(distributed: DistributedType, modules: list[str], grad_accum: int) -> None:
+    """What the loop supports of the launcher's strategy, refused in one line before any step.
+    FSDP shards the weights, but the EMA update, the validation grid (main process only), the lean
+    checkpoint and the export read whole weights from the plain module. DeepSpeed: accelerate makes one
+    engine per prepared model ("You can't use same Accelerator() instance with multiple models"), and its
+    engine steps inside every ``accelerator.backward`` (``sync_gradients`` is always on here), so the
+    loop's own micro-batch accumulation would step each micro-batch."""
+    if distributed == DistributedType.FSDP:
+        raise ConfigError("accelerate config: FSDP is not supported by fewstep's loop yet (EMA, validation grids, "
+                          "checkpoints and export read whole weights); launch with configs/accelerate/multi_gpu.yaml "
+                          "or deepspeed_zero2.yaml")
+    if distributed == DistributedType.DEEPSPEED:
+        if len(modules) > 1:
+            raise ConfigError(f"accelerate config: DeepSpeed trains one module per run, this method trains "
+                              f"{', '.join(modules)}; launch with configs/accelerate/multi_gpu.yaml")
+        if grad_accum > 1:
+            raise ConfigError(f"train.grad_accum: {grad_accum} is not supported under DeepSpeed (its engine steps at "
+                              "every backward); set 1 and raise train.batch_size")
+
+
+def check_precision(mixed_precision: str, cpu_forced: bool) -> None:
+    """fp16 needs a GPU: accelerate enables no fp16 autocast on CPU, while the loop stores the frozen
+    networks in the mixed-precision dtype, so the first step would mix float and half (bf16 works on CPU)."""
+    if mixed_precision == "fp16" and (cpu_forced or not torch.cuda.is_available()):
+        raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU (no fp16 autocast on CPU); "
+                          "use bf16 or no on this machine")
 
 
 class Checked(NamedTuple):
@@ -102,6 +141,8 @@ def preflight(cfg: RunConfig, method: Method | None = None) -> Checked:
     whether it has the images each phase needs, the validation settings, and the ``eval.steps`` and
     ``validation.steps`` the run will measure its student at against the step counts it is trained for."""
     check_validation(cfg)
+    check_trackers(cfg.train.report_to)  # a missing tensorboard / wandb is named before the teacher loads
+    check_precision(cfg.train.mixed_precision, os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"))
     if cfg.student.init_lora:
         if cfg.student.kind != "lora":
             raise ConfigError("student.init_lora: starts a LoRA student's adapter; set student.kind: lora")
@@ -129,7 +170,8 @@ class Trainer:
         checked = checked or preflight(cfg, method)  # the command line passes what it already checked
         self.method: Method = checked.method
         self.plans: list[PhasePlan] = checked.plans
-        self.acc = accelerator or make_accelerator(tc)
+        self.acc = accelerator or make_accelerator(tc, self.run_dir)
+        attach_trackers(self.acc, tc.report_to, self.run_dir)  # an accelerator made without the run folder
         set_seed(tc.seed, device_specific=True)
         self.models: ModelSet = self.method.build(pipe).to(self.acc.device)
         self.method.setup(self.models, checked.dataset)  # e.g. teacher pairs made once from the data's prompts
@@ -138,6 +180,7 @@ class Trainer:
         self.params = {p.name: [q for r in p.phase.modules for _, q in named[r]] for p in self.plans}
         self.trained = checkpoints.trained_names(self.models, named)
         self._check_ddp_settings()
+        check_strategy(self.acc.distributed_type, sorted(self.trained), tc.grad_accum)
         if tc.mixed_precision in FROZEN_DTYPES:
             self.models.cast_frozen(FROZEN_DTYPES[tc.mixed_precision], {id(q) for ps in self.params.values() for q in ps})
         names = sorted(self.trained)
@@ -155,17 +198,19 @@ class Trainer:
         self.acc.register_load_state_pre_hook(lambda models, inp: models.clear())
         dataset = checked.dataset
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=tc.batch_size, sampler=StreamSampler(len(dataset), cfg.data.source != "procedural",
-                                                                     tc.seed),
-            collate_fn=collate, num_workers=cfg.data.num_workers, drop_last=True,
+            dataset, batch_size=tc.batch_size, collate_fn=collate, num_workers=cfg.data.num_workers, drop_last=True,
+            # a streaming source (webdataset) orders and splits itself: no sampler
+            sampler=None if isinstance(dataset, torch.utils.data.IterableDataset) else
+            StreamSampler(len(dataset), cfg.data.source != "procedural", tc.seed),
             # Its own generator: creating an iterator then draws no global RNG, so a resumed run
             # sees the same noise as an uninterrupted one.
             generator=torch.Generator().manual_seed(tc.seed))
-        self.loader = self.acc.prepare(self.loader)
+        self.loader = prepare_loader(self.acc, self.loader)  # a streaming source is not split a second time
         self.val_batch = self._validation_batch()
         self.step = 0  # iterations done
         self.phase_steps = {p.name: 0 for p in self.plans}  # optimizer steps each phase has taken
         self.drawn = 0  # data batches consumed (resume skips exactly these)
+        self.corrupt_skipped = 0  # corrupt samples the data source skipped (logged as data/corrupt when any)
         self.validator = validator  # main process only: the others learn a stop decision by broadcast
         metric = watched_metric(cfg)
         self.watch = Watch(metric, VALIDATION_METRICS[metric], cfg.validation.patience,
@@ -189,7 +234,7 @@ class Trainer:
     def _validation_batch(self) -> dict:
         v = self.cfg.validation
         ds = build_dataset(self.cfg.data, seed=v.seed)  # held-out split where the source has one
-        items = [ds[i % len(ds)] for i in range(v.num_images)]
+        items = first_items(ds, v.num_images)
         batch = collate(items)
         if v.prompts:
             batch["captions"] = [v.prompts[i % len(v.prompts)] for i in range(v.num_images)]
@@ -233,8 +278,12 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------------
     def _log(self, record: dict) -> None:
+        """One record into logs.jsonl and its numbers into the trackers (main process only)."""
         if self.acc.is_main_process:
             append_record(self.run_dir / LOG_FILE, record)
+            values = scalars(record)
+            if values and self.acc.trackers:
+                self.acc.log(values, step=record["step"])
 
     def validate(self) -> bool:
         """The sample grid, then (with a validator) the metrics; True when the alarm stops the run."""
@@ -243,7 +292,9 @@ class Trainer:
         if self.acc.is_main_process:
             with torch.no_grad(), self.acc.autocast():
                 images = self.method.preview(self.models, self.val_batch, self.cfg.validation.seed)
-            save_grid(images, self.run_dir / "samples" / f"step-{self.step:06d}.png")
+            grid = self.run_dir / "samples" / f"step-{self.step:06d}.png"
+            save_grid(images, grid)
+            log_grid(self.acc.trackers, grid, self.step)
             if self.validator is not None:
                 stop = self._measure()
         if self.cfg.validation.patience and self.acc.num_processes > 1:
@@ -274,7 +325,9 @@ class Trainer:
 
     def _draw(self, batches) -> dict:
         self.drawn += 1
-        return next(batches)
+        batch = next(batches)
+        self.corrupt_skipped += take_corrupt(batch)  # this process's count of undecodable samples skipped
+        return batch
 
     def _phase_step(self, plan: PhasePlan, batches, handover: dict) -> dict:
         """One optimizer step of ``plan``'s phase; adds its hand-over to ``handover``."""
@@ -310,10 +363,24 @@ class Trainer:
                 **{f"{name}/{k}": v for k, v in logs.items()}}
 
     def train(self) -> ModelSet:
-        tc = self.cfg.train
         if self.acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
+        if self.acc.log_with:  # main process only (an accelerate main-process method)
+            resumed = self.step if self.resumed_from is not None else None
+            self.acc.init_trackers(PROJECT, config=hyperparameters(to_dict(self.cfg)),
+                                   init_kwargs=init_kwargs(self.cfg.name, self.run_dir, resumed))
+        try:
+            return self._train()
+        finally:
+            # Trackers closed here, not by accelerate's end_training: it also destroys the process
+            # group, which the command line's export and a second run in the same process still need.
+            for tracker in self.acc.trackers:
+                tracker.finish()
+            self.acc.trackers = []
+
+    def _train(self) -> ModelSet:
+        tc = self.cfg.train
         if self.resumed_from is not None:  # read_logs drops what an interrupted attempt logged after this step
             self._log({"event": RESUMED, "step": self.step, "from": str(self.resumed_from)})
             self.resumed_from = None
@@ -322,14 +389,17 @@ class Trainer:
         with tqdm(total=tc.steps, initial=self.step, desc=self.cfg.name, disable=not self.acc.is_main_process) as bar:
             latest = {}  # each phase's most recent logs
             losses: dict[str, str] = {}  # shown in the progress bar, with the latest validation's numbers
-            t0 = time.perf_counter()
+            t0, logged = time.perf_counter(), self.step
+            seconds: dict[str, float] = {}  # time spent in each phase since the last record
             stop = False
             while self.step < tc.steps and not stop:
                 handover = {}
                 for plan in self.plans:
                     if plan.due(self.step):
+                        t = time.perf_counter()
                         for _ in range(plan.repeats):
                             latest[plan.name] = self._phase_step(plan, batches, handover)
+                        seconds[plan.name] = seconds.get(plan.name, 0.0) + time.perf_counter() - t
                 freeze_all_but(self.params, None)
                 for target, source, decay in self.models.ema:
                     ema_update(self.models.modules[target], self.models.modules[source], decay)
@@ -338,8 +408,12 @@ class Trainer:
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
                     record = {k: v for p in self.plans for k, v in latest.get(p.name, {}).items()}
                     record["step"] = self.step
-                    record["sec_per_step"] = (time.perf_counter() - t0) / tc.log_every
-                    t0 = time.perf_counter()
+                    # per iteration of this window (the last window can be shorter than log_every)
+                    record["sec_per_step"] = (time.perf_counter() - t0) / (self.step - logged)
+                    record.update({f"{n}/sec_per_step": sec / (self.step - logged) for n, sec in seconds.items()})
+                    if self.corrupt_skipped:
+                        record["data/corrupt"] = self.corrupt_skipped
+                    t0, logged, seconds = time.perf_counter(), self.step, {}
                     self._log(record)
                     losses = {k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss")}
                     bar.set_postfix({**losses, **self.postfix})

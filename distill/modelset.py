@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
 
@@ -126,18 +127,36 @@ class ModelSet:
         return self["text_encoder"] if "text_encoder" in self.modules else self.pipe.text_encoder
 
     def encode_text(self, captions: list[str], encoder: nn.Module | None = None) -> torch.Tensor:
-        """Token-level text embeddings [B, L, D] as SD's UNet consumes them (last hidden state)."""
+        """Token-level text embeddings [B, L, D] as SD's UNet consumes them (last hidden state). A caption
+        that carries its embedding (``data.cache.CachedCaption``, from ``fewstep cache``) is not encoded
+        again, unless the text encoder is trained or another encoder is given."""
+        if encoder is None and "text_encoder" not in self.modules and any(hasattr(c, "embedding") for c in captions):
+            return self._with_cached(captions)
         tok = self.pipe.tokenizer(captions, padding="max_length", truncation=True,
                                   max_length=self.pipe.tokenizer.model_max_length, return_tensors="pt")
         encoder = encoder if encoder is not None else self.text_encoder()
         return encoder(tok.input_ids.to(self.device))[0]
 
+    def _with_cached(self, captions: list[str]) -> torch.Tensor:
+        """Cached embeddings where captions carry them; the others (e.g. "" of caption dropout) encoded."""
+        rest = [c for c in captions if not hasattr(c, "embedding")]
+        fresh = iter(self.encode_text(rest)) if rest else iter(())
+        dtype = self.pipe.text_encoder.dtype  # what the encoder would have returned
+        return torch.stack([c.embedding.to(self.device, dtype) if hasattr(c, "embedding") else next(fresh)
+                            for c in captions])
+
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Pixels in [-1, 1] -> scaled latents, sampled from the VAE posterior as SD training does."""
+        """Pixels in [-1, 1] -> scaled latents, sampled from the VAE posterior as SD training does. Cached
+        posteriors (``data.cache.LatentMoments``) are sampled the same way, without running the VAE."""
         vae = self.pipe.vae
-        dist = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
-        return (dist.sample(generator) * vae.config.scaling_factor).float()
+        moments = getattr(pixels, "moments", None)
+        dist = (DiagonalGaussianDistribution(moments.to(self.device, vae.dtype)) if moments is not None
+                else vae.encode(pixels.to(self.device, vae.dtype)).latent_dist)
+        # contiguous: noise drawn with randn_like follows the latents' memory layout, which would otherwise
+        # depend on the VAE's conv backend (oneDNN on CPU returns channels-last); one layout keeps the draws
+        # of encoded and cached latents (data.cache) the same
+        return (dist.sample(generator) * vae.config.scaling_factor).float().contiguous()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default="configs/classifier.yaml")
     c.add_argument("--out", default="assets/classifier")
 
+    _cache_parser(sub)
+
     k = sub.add_parser("build-tiny-clip", help="train the embedded tiny CLIP (CLIP score on the embedded domain)")
     k.add_argument("--config", default="configs/tiny_clip.yaml")
     k.add_argument("--out", default="assets/tiny-clip")
@@ -127,11 +129,47 @@ def _eval_parser(sub) -> None:
     v.add_argument("--out", help="report folder (default runs/<name>/eval)")
 
 
+def _cache_parser(sub) -> None:
+    a = sub.add_parser("cache", help="precompute VAE latents and text embeddings of a data source (data.source: cache)",
+                       description="Encode the images and captions of a config's data source with its teacher's VAE "
+                                   "and text encoder into sharded safetensors under --out; resumable (finished shards "
+                                   "are verified and kept), split per rank under accelerate launch. Train from it with "
+                                   "--set data.source=cache --set data.path=OUT.")
+    a.add_argument("config", help="YAML config: its model (teacher) and data sections are read")
+    a.add_argument("--out", required=True, help="cache folder (created; an unfinished one is completed)")
+    a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set data.path=shards/{0000..0099}.tar (repeatable)")
+    a.add_argument("--shard-size", type=int, default=1000, help="items per output shard (map-style sources)")
+    a.add_argument("--num-samples", type=int, help="cache only the first N items (required for procedural data)")
+    a.add_argument("--batch-size", type=int, default=32, help="images per VAE / text-encoder call")
+    a.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="stored precision (float16 halves the disk; float32 reproduces image-fed losses exactly)")
+
+
+def cmd_cache(args) -> int:
+    from fewstep.distill.run_config import load_config
+
+    _check_overrides(args.overrides)
+    for flag, value in (("--shard-size", args.shard_size), ("--num-samples", args.num_samples),
+                        ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag}: must be >= 1, got {value}")
+    cfg = load_config(config_path(args.config), args.overrides)
+    check_output("--out", args.out, folder=True)
+    from fewstep.pipelines.cache import plan_units, write_cache
+
+    units = plan_units(cfg, args.shard_size, args.num_samples)  # source and shard files: before the teacher loads
+    counts = write_cache(cfg, _load_pipeline_for(cfg), args.out, units, args.shard_size, args.batch_size, args.dtype)
+    print(f"fewstep: cache {args.out}: {counts['written']} shard(s) written, {counts['kept']} kept, of this "
+          f"process's {counts['mine']} ({counts['shards']} in all)", file=sys.stderr)
+    return 0
+
+
 def _load_pipeline_for(cfg):
-    from fewstep.pipelines.teacher import load_pipeline
+    from fewstep.pipelines.teacher import load_teacher
     from fewstep.pipelines.tiny import build_tiny_pipeline
 
-    pipe = build_tiny_pipeline(cfg.model.tiny, cfg.train.seed) if cfg.model.tiny else load_pipeline(cfg.model.pretrained)
+    pipe = build_tiny_pipeline(cfg.model.tiny, cfg.train.seed) if cfg.model.tiny else load_teacher(cfg.model)
     if cfg.model.prediction_type:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config,
                                                           prediction_type=cfg.model.prediction_type)
@@ -186,7 +224,7 @@ def check_lora_targets(cfg) -> None:
     from fewstep.distill.students import lora_target_modules
     from fewstep.pipelines.teacher import unet_skeleton
 
-    unet = unet_skeleton(cfg.model.pretrained)
+    unet = unet_skeleton(cfg.model.pretrained, cfg.model.revision)
     for key, patterns in keys if unet is not None else []:
         lora_target_modules(unet, patterns, key)
 
@@ -235,6 +273,10 @@ def cmd_train(args) -> int:
         from fewstep.pipelines.validation import MetricValidator, check_inputs
 
         check_inputs(cfg)  # the metrics' reference folder and weights, also before the teacher
+    if cfg.model.pretrained:  # a hub id missing from the cache offline, a damaged file: before any weight loads
+        from fewstep.pipelines.teacher import locate
+
+        locate(cfg.model.pretrained, cfg.model.revision, cfg.model.variant)
     check_lora_targets(cfg)
     resume = _resume_point(args, cfg.run_dir) if args.resume else None
     if resume is not None:
@@ -513,7 +555,7 @@ def one_line(error: BaseException) -> str:
     return " ".join(lines)
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "eval": cmd_eval,
+COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "eval": cmd_eval, "cache": cmd_cache,
             "build-classifier": cmd_build_classifier, "build-tiny-clip": cmd_build_tiny_clip}
 
 

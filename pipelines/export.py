@@ -146,7 +146,7 @@ def export_run(method, models, cfg, out: str | Path, fuse: bool = False, grid_pr
 
     from fewstep.distill.config import to_dict
     from fewstep.distill.modelset import unwrap
-    from fewstep.pipelines.teacher import load_pipeline
+    from fewstep.pipelines.teacher import load_teacher
 
     pipe, recipe = method.to_pipeline(models)
     mixed = cfg.train.mixed_precision != "no"
@@ -157,7 +157,7 @@ def export_run(method, models, cfg, out: str | Path, fuse: bool = False, grid_pr
                        f"{f', {cfg.train.mixed_precision} mixed precision' if mixed else ''}). "
                        f"Trained step counts: {recipe.trained_steps or 'any'}.")
     if cfg.student.kind != "lora":
-        return export_pipeline(full_precision(pipe, cfg.model.pretrained) if mixed else pipe, recipe, out, **common)
+        return export_pipeline(full_precision(pipe, cfg.model) if mixed else pipe, recipe, out, **common)
     if not fuse and not mixed:
         return export_lora(pipe, recipe, out, base_unet=unwrap(models["student"]).unet, **common)
     # Fused, or a mixed-precision run (whose base UNet was stored in bf16/fp16 while the adapters stayed
@@ -165,7 +165,7 @@ def export_run(method, models, cfg, out: str | Path, fuse: bool = False, grid_pr
     # fingerprint and the sample grid come from that base.
     with tempfile.TemporaryDirectory() as tmp:
         save_lora(pipe, tmp)
-        fresh = load_pipeline(cfg.model.pretrained)
+        fresh = load_teacher(cfg.model)  # with its revision and variant
         fresh.load_lora_weights(tmp, adapter_name="default")  # the name save_lora reads
     if not fuse:
         return export_lora(fresh, recipe, out, base_unet=fresh.unet, **common)
@@ -178,17 +178,17 @@ def _low_precision(module) -> bool:
     return any(p.is_floating_point() and p.dtype != torch.float32 for p in module.parameters())
 
 
-def full_precision(pipe, pretrained: str | None):
+def full_precision(pipe, model):
     """A mixed-precision run stores its frozen networks (VAE, text encoder, teacher) in bf16/fp16; an
     export must carry the originals. Every component still in low precision is taken from a fresh load
-    of the teacher (or, for a pipeline built from scratch, cast back to float32)."""
-    from fewstep.pipelines.teacher import load_pipeline
+    of the teacher ``model`` (a ``ModelConfig``; or, for a pipeline built from scratch, cast back to float32)."""
+    from fewstep.pipelines.teacher import load_teacher
 
     comps = dict(pipe.components)
     low = [n for n, m in comps.items() if isinstance(m, torch.nn.Module) and _low_precision(m)]
     if not low:
         return pipe
-    fresh = load_pipeline(pretrained) if pretrained else None
+    fresh = load_teacher(model) if model.pretrained else None
     for name in low:  # a copy: the run's own module keeps its dtype (best/ is exported mid-training)
         comps[name] = getattr(fresh, name) if fresh is not None else copy.deepcopy(comps[name]).float()
     kwargs = {"requires_safety_checker": False} if "safety_checker" in comps else {}

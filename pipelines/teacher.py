@@ -1,17 +1,27 @@
 """Loading a teacher: a diffusers Stable-Diffusion pipeline from a local folder or a hub id.
 
 Nothing is fetched from the network unless the user passes a hub id (a string that is not an
-existing path); a local path that is not a diffusers pipeline fails before any work with a message
-naming the missing file, and a truncated or overwritten ``.safetensors`` weight file is named before
-diffusers reads it (its header says how long it must be). The UNet can also be built from its config
-alone, on the meta device, so settings that depend on its layers are checked without its weights.
+existing path) that the local Hugging Face cache does not hold. A cached hub id (at ``revision``)
+resolves to its snapshot folder in the cache (huggingface_hub's layout:
+``models--{org}--{name}/snapshots/{commit}/``, ``refs/{branch}`` holding the commit) and loads from
+there like any local folder, so a cached teacher needs no network and is checked the same way; an
+uncached id with ``HF_HUB_OFFLINE`` set fails at once with one line saying how to make it local.
+A local path that is not a diffusers pipeline fails before any work with a message naming the
+missing file, and a truncated or overwritten ``.safetensors`` weight file is named before diffusers
+reads it (its header says how long it must be). The UNet can also be built from its config alone,
+on the meta device, so settings that depend on its layers are checked without its weights.
 """
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
+import huggingface_hub
+import torch
 from diffusers import StableDiffusionPipeline
+from huggingface_hub.errors import HFValidationError
 from safetensors import SafetensorError
 
 from fewstep.eval.assets import assets_dir
@@ -21,10 +31,101 @@ ASSETS = assets_dir()
 REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-def resolve(name: str) -> str:
-    """Map the embedded names (``tiny-sd``, ``tiny-sd-v``) to their folders in assets/."""
-    if not Path(name).exists() and (ASSETS / name / "model_index.json").is_file():
+def resolve(name: str, revision: str | None = None) -> str:
+    """The local folder ``name`` stands for: an existing path as given, an embedded name (``tiny-sd``,
+    ``tiny-sd-v``) as its folder in assets/, a hub id the cache holds (at ``revision``) as its snapshot
+    folder; anything else (a hub id to download) unchanged."""
+    if Path(name).exists():
+        return name
+    if (ASSETS / name / "model_index.json").is_file():
         return str(ASSETS / name)
+    snapshot = hub_snapshot(name, revision)
+    return str(snapshot) if snapshot is not None else name
+
+
+def is_local(name: str) -> bool:
+    """Whether ``name`` is meant as a path (it exists, or is written as one), not as a hub id."""
+    return Path(name).exists() or name.startswith((".", "/", "~"))
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The cached snapshot folder of the hub model ``repo_id`` at ``revision`` (a branch or tag the cache
+    recorded in ``refs/``, or a commit hash; None: ``main``), or None if the cache does not hold it or
+    ``repo_id`` is no hub id. Reads the cache folder only (``HF_HUB_CACHE``, else ``HF_HOME``/hub)."""
+    if is_local(repo_id):
+        return None
+    try:
+        huggingface_hub.utils.validate_repo_id(repo_id)
+        # model_index.json is the file every diffusers pipeline repo has; its snapshot folder holds the rest
+        index = huggingface_hub.try_to_load_from_cache(repo_id, "model_index.json", revision=revision)
+    except (HFValidationError, ValueError):
+        return None
+    return Path(index).parent if isinstance(index, str) else None
+
+
+def offline() -> bool:
+    """Whether huggingface_hub may not use the network (``HF_HUB_OFFLINE``)."""
+    return huggingface_hub.constants.is_offline_mode()
+
+
+def make_local_hint(repo_id: str, revision: str | None) -> str:
+    """How a user gets ``repo_id`` onto a machine without network (huggingface_hub's ``hf`` CLI)."""
+    rev = f" --revision {revision}" if revision else ""
+    return (f"on a machine with internet run `hf download {repo_id}{rev}` (older huggingface_hub: "
+            f"`huggingface-cli download`) and copy its cache here (or set HF_HUB_CACHE / HF_HOME to it), or "
+            f"`hf download {repo_id}{rev} --local-dir DIR` and point model.pretrained at DIR")
+
+
+UNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
+
+
+def has_unet_weights(folder: Path, variant: str | None) -> bool:
+    """Whether ``folder/unet`` holds UNet weights of ``variant``. diffusers names a variant's files by
+    inserting it before the extension (``diffusion_pytorch_model.fp16.safetensors``, shards
+    ``...fp16-00001-of-00002.safetensors``), as ``save_pretrained(variant=...)`` writes them; None: the
+    plain files. A hub download for one variant leaves only its files in the cache."""
+    unet = folder / "unet"
+    names = [f.name for f in unet.iterdir()] if unet.is_dir() else []
+    if variant is None:
+        return any(n in UNET_WEIGHTS for n in names)
+    return any(f".{variant}." in n or f".{variant}-" in n for n in names)
+
+
+def locate(name: str, revision: str | None = None, variant: str | None = None) -> str:
+    """What ``load_pipeline`` will load, checked without reading any weights: the local folder (a path,
+    an embedded name, or a cached hub id's snapshot that holds the UNet weights of ``variant``), or the
+    hub id itself when it must be downloaded.
+
+    Raises TeacherError (one line) for a folder that is no pipeline, a damaged weight file, a missing
+    ``variant``, a ``revision`` given for a local folder, and a hub id that the cache lacks (or holds
+    without the asked-for weights) while ``HF_HUB_OFFLINE`` is set, naming the id and how to make it local."""
+    if is_local(name) or (ASSETS / name / "model_index.json").is_file():
+        folder = resolve(name)
+        if revision is not None:
+            raise TeacherError(f"revision {revision!r} is for a hub id, but {name} is a local folder (it holds one "
+                               "version: drop model.revision)")
+        check_pipeline_dir(folder)
+        if variant is not None and not has_unet_weights(Path(folder), variant):
+            raise TeacherError(f"{Path(folder) / 'unet'} has no {variant!r} weights (no file like "
+                               f"diffusion_pytorch_model.{variant}.safetensors): drop model.variant, or save them "
+                               f"with save_pretrained(variant={variant!r})")
+        return folder
+    try:
+        huggingface_hub.utils.validate_repo_id(name)
+    except HFValidationError:
+        raise TeacherError(f"teacher {name!r} is no local folder and no hub id (org/name)") from None
+    snapshot = hub_snapshot(name, revision)
+    if snapshot is not None and has_unet_weights(snapshot, variant):
+        check_pipeline_dir(snapshot)  # a component or file missing from the cache is named here
+        return str(snapshot)
+    if offline():  # online, diffusers downloads what the cache lacks
+        at = f" at revision {revision!r}" if revision else ""
+        what = "is no local folder and not in" if snapshot is None else \
+            f"is in the Hugging Face cache without its {variant or 'plain (non-variant)'} UNet weights; not found in"
+        cache = huggingface_hub.constants.HF_HUB_CACHE
+        raise TeacherError(f"teacher {name!r}{at} {what} the Hugging Face cache ({cache}) "
+                           f"and HF_HUB_OFFLINE is set: {make_local_hint(name, revision)}")
     return name
 
 
@@ -73,10 +174,11 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def unet_skeleton(name: str):
-    """The UNet of the local pipeline ``name`` built from ``unet/config.json`` on the meta device (no
-    weight is read or allocated), or None where there is no local config (a hub id)."""
-    folder = Path(resolve(name)) / "unet"
+def unet_skeleton(name: str, revision: str | None = None):
+    """The UNet of the local pipeline ``name`` (or cached hub id) built from ``unet/config.json`` on the
+    meta device (no weight is read or allocated), or None where there is no local config (a hub id to
+    download)."""
+    folder = Path(resolve(name, revision)) / "unet"
     if not (folder / "config.json").is_file():
         return None
     from accelerate import init_empty_weights
@@ -90,16 +192,72 @@ def unet_skeleton(name: str):
         return UNet2DConditionModel.from_config(config)
 
 
-def load_pipeline(name: str, **kwargs) -> StableDiffusionPipeline:
-    """Load a Stable-Diffusion pipeline (local dir, embedded name, or hub id) on the CPU in fp32."""
-    name = resolve(name)
-    if Path(name).exists() or name.startswith((".", "/", "~")):
-        check_pipeline_dir(name)
-        kwargs.setdefault("local_files_only", True)
+@contextmanager
+def quiet_hub():
+    """diffusers logs hub look-ups that failed ("Couldn't connect to the Hub", multi-line) before it
+    raises; the one-line TeacherError says it all, so those records are dropped while loading."""
+    log = logging.getLogger("diffusers")
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(name, safety_checker=None,
-                                                       requires_safety_checker=False, **kwargs)
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def causes(e: BaseException) -> list[BaseException]:
+    """``e`` and the exceptions it was raised from, outermost first: diffusers wraps hub errors in an
+    OSError whose own text only says to read the stack trace above."""
+    chain = [e]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return chain
+
+
+def download_problem(name: str, revision: str | None, e: BaseException) -> str:
+    """One line for a failed download of hub id ``name``: an unknown or unreadable repo, an unknown
+    revision, or (anything else) a hub that could not be reached, with how to make the teacher local."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    chain = causes(e)
+    if any(isinstance(c, RevisionNotFoundError) for c in chain):
+        return f"the hub repo {name!r} has no revision {revision!r} (model.revision: a branch, tag or commit)"
+    if any(isinstance(c, (RepositoryNotFoundError, GatedRepoError)) for c in chain):
+        return (f"the hub has no repo {name!r} that you may read (check the id; a private or gated one needs "
+                "`hf auth login` and access granted on its page)")
+    root = chain[-1]
+    return (f"could not download teacher {name!r}: the Hugging Face hub could not be reached ({type(root).__name__}: "
+            f"{str(root).splitlines()[0] if str(root) else ''}); {make_local_hint(name, revision)}")
+
+
+def load_pipeline(name: str, revision: str | None = None, variant: str | None = None,
+                  **kwargs) -> StableDiffusionPipeline:
+    """Load a Stable-Diffusion pipeline (local dir, embedded name, or hub id, cached or downloaded) on
+    the CPU in fp32, whatever dtype its files hold (``variant="fp16"`` weights are upcast).
+
+    Args:
+        name: a folder written by ``save_pretrained``, an embedded name, or a hub id ``org/name``.
+        revision: hub ids only: a branch, tag or commit hash (None: ``main``).
+        variant: the weight files' variant (``"fp16"``: ``*.fp16.safetensors``), as diffusers' ``variant``.
+    """
+    source = locate(name, revision, variant)
+    download = not is_local(source)
+    if not download:
+        kwargs.setdefault("local_files_only", True)
+    elif revision is not None:
+        kwargs["revision"] = revision
+    try:
+        with quiet_hub():
+            pipe = StableDiffusionPipeline.from_pretrained(source, safety_checker=None, requires_safety_checker=False,
+                                                           variant=variant, dtype=torch.float32, **kwargs)
     except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as e:  # a damaged or mismatched file
+        if download:  # the network, an unknown id or revision, a gated repo
+            raise TeacherError(download_problem(name, revision, e)) from None
         raise TeacherError(f"could not load teacher {name!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_teacher(model) -> StableDiffusionPipeline:
+    """The teacher a run's ``model`` section (``ModelConfig``) names, with its revision and variant."""
+    return load_pipeline(model.pretrained, revision=model.revision, variant=model.variant)

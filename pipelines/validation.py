@@ -67,10 +67,11 @@ def validation_prompts(cfg: RunConfig) -> tuple[list[str], str]:
     if cfg.validation.prompts:
         pool, source = cfg.validation.prompts, "validation.prompts"
     else:
-        from fewstep.distill.data import build_dataset
+        from fewstep.distill.data import build_dataset, first_items
 
         ds = build_dataset(cfg.data, seed=cfg.validation.seed)
-        pool, source = [ds[i]["caption"] for i in range(min(n, len(ds)))], f"captions of data.source {cfg.data.source}"
+        pool = [item["caption"] for item in first_items(ds, n)]  # also a streaming source (webdataset)
+        source = f"captions of data.source {cfg.data.source}"
     return [pool[i % len(pool)] for i in range(n)], source
 
 

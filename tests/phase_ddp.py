@@ -3,6 +3,10 @@ DDP, once with its two adapters on one UNet (needs find_unused_parameters) and o
 student beside a fake-score adapter (separate modules, plain DDP). Each rank saves what it trained.
 
     torchrun --nproc_per_node 2 -m tests.phase_ddp OUT_DIR
+
+With ``--equal KIND BATCH`` instead: a deterministic one-phase method (no noise drawn: the loss is a
+function of the data alone) trains a KIND student for a few steps at per-process batch BATCH; each
+rank saves the captions it drew and its trained weights, so a 2 x B run can be compared with a 1 x 2B run.
 """
 from __future__ import annotations
 
@@ -12,12 +16,16 @@ from pathlib import Path
 
 import torch
 
+import torch.nn.functional as F
+
 from fewstep.distill.config import ConfigError, MethodSpec
+from fewstep.distill.methods.base import LossOutput
+from fewstep.distill.phases import Phase
 from fewstep.distill.loop import Trainer
 from fewstep.distill.run_config import parse_config
 from fewstep.pipelines.tiny import build_tiny_pipeline
 from tests.conftest import run_dict
-from tests.phase_toy import ToyConfig, ToyTwoPhase
+from tests.phase_toy import T_MID, ToyConfig, ToyTwoPhase
 
 
 def trainer(out: Path, kind: str, **train) -> Trainer:
@@ -26,6 +34,41 @@ def trainer(out: Path, kind: str, **train) -> Trainer:
     cfg = parse_config(raw)
     cfg.method = MethodSpec("toy", ToyConfig(every=2, repeats=2))
     return Trainer(cfg, build_tiny_pipeline(cfg.model.tiny, seed=0), method=ToyTwoPhase(cfg.method.config, cfg.student))
+
+
+class DataOnly(ToyTwoPhase):
+    """One phase; the loss depends on the data only (pixels resized to latents, fixed t, no noise), so a
+    step's gradient is the mean over the global batch however it is split over processes."""
+
+    def phases(self):
+        return (Phase("student", ("student",)),)
+
+    def build(self, pipe):
+        from fewstep.distill.students import build_students
+        return build_students(pipe, self.student_config)
+
+    def loss(self, models, batch, phase, step):
+        self.calls.append(list(batch["captions"]))
+        x = F.interpolate(batch["pixels"].to(models.device), size=(8, 8), mode="area")
+        latents = torch.cat([x, x.mean(1, keepdim=True)], 1)
+        cond = models.encode_text(batch["captions"])
+        t = torch.full((len(latents),), T_MID, device=latents.device)
+        alpha, _ = models["student"].alpha_sigma(t)
+        pred = models["student"](alpha * latents, t, cond)
+        return LossOutput(torch.mean((pred.x0 - latents) ** 2))
+
+
+def equal(out: Path, kind: str, batch: int) -> None:
+    raw = run_dict(out / kind, steps=3, checkpoint_every=0, batch_size=batch, max_grad_norm=0.0)
+    raw["student"] = {"kind": kind, "lora_rank": 4, "lora_alpha": 4}
+    cfg = parse_config(raw)
+    cfg.method = MethodSpec("toy", ToyConfig())
+    method = DataOnly(cfg.method.config, cfg.student)
+    t = Trainer(cfg, build_tiny_pipeline(cfg.model.tiny, seed=0), method=method)
+    t.train()
+    rank = t.acc.process_index
+    torch.save({"captions": method.calls, "params": [p.detach().cpu() for p in t.params["student"]]},
+               out / f"equal-{kind}-{t.acc.num_processes}x{batch}-rank{rank}.pt")
 
 
 def main(out: Path) -> None:
@@ -47,4 +90,7 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if len(sys.argv) > 2 and sys.argv[2] == "--equal":
+        equal(Path(sys.argv[1]), sys.argv[3], int(sys.argv[4]))
+    else:
+        main(Path(sys.argv[1]))

@@ -1,5 +1,10 @@
 """Two processes through accelerate (DDP over gloo on CPU): the same loop trains, checkpoints and
-resumes; each process draws its own shard of the data."""
+resumes; each process draws its own shard of the data; weights stay in sync; a 2 x B run equals a
+1 x 2B run; only the main process writes logs, grids, trackers and exports.
+
+``accelerate launch --cpu --num_processes 2`` starts one process only, so the processes are started
+with torchrun (``ACCELERATE_USE_CPU=1``), which is what ``accelerate launch --multi_gpu`` runs too."""
+import importlib.util
 import json
 import os
 import shutil
@@ -14,9 +19,9 @@ from fewstep.distill.runlog import read_logs
 from tests.conftest import run_dict
 
 
-def torchrun(*args, cwd, module="fewstep.pipelines.cli"):
+def torchrun(*args, cwd, module="fewstep.pipelines.cli", processes=2):
     torchrun_bin = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun_bin) if torchrun_bin.exists() else shutil.which("torchrun"), "--nproc_per_node", "2",
+    cmd = [str(torchrun_bin) if torchrun_bin.exists() else shutil.which("torchrun"), "--nproc_per_node", str(processes),
            "--master_port", "29517", "-m", module, *args]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
@@ -25,6 +30,9 @@ def torchrun(*args, cwd, module="fewstep.pipelines.cli"):
 def test_two_process_lora_training_checkpoints_and_resumes(tmp_path):
     raw = run_dict(tmp_path, method="lcm", steps=2, checkpoint_every=2)
     raw["student"] = {"kind": "lora", "lora_rank": 4, "lora_alpha": 4}
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    if tensorboard:
+        raw["train"]["report_to"] = "tensorboard"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     repo = Path(__file__).resolve().parents[1]
@@ -41,6 +49,12 @@ def test_two_process_lora_training_checkpoints_and_resumes(tmp_path):
     steps = [r["step"] for r in read_logs(tmp_path / "runs" / "t")]
     assert steps == [1, 2, 3, 4]  # written once (main process only), continuing at the right step
     assert (tmp_path / "runs" / "t" / "export" / "pytorch_lora_weights.safetensors").is_file()
+    # one writer: a grid per validation, one event file per attempt (two processes would make two each)
+    assert sorted(p.name for p in (tmp_path / "runs" / "t" / "samples").iterdir()) == ["step-000002.png",
+                                                                                     "step-000004.png"]
+    if tensorboard:
+        folder = tmp_path / "runs" / "t" / "tensorboard" / "fewstep"  # (subfolders: each attempt's hparams)
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 2
 
 
 @pytest.mark.slow
@@ -60,3 +74,37 @@ def test_two_phases_train_in_sync_across_processes(tmp_path):
         ranks = [torch.load(tmp_path / f"{kind}-rank{r}.pt") for r in (0, 1)]
         for phase in ("generator", "critic"):
             assert all(torch.equal(a, b) for a, b in zip(ranks[0][phase], ranks[1][phase])), (kind, phase)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, kind):
+    """2 processes x batch 2 against 1 process x batch 4, on a method whose loss is a function of the
+    data alone (tests/phase_ddp.py DataOnly): accelerate's sharded dataloader (split_batches off) gives
+    process r the r-th of every 2 consecutive batches of the one index stream, so the ranks' batches
+    are disjoint, together are the 1-process batch, and DDP's gradient mean over ranks is the gradient
+    of the whole batch. (The registered methods draw noise per process, seed + rank, so their 2-process
+    runs follow other noise than a 1-process run: equal in distribution, not in value.)"""
+    import torch
+
+    repo = Path(__file__).resolve().parents[1]
+    for processes, batch in ((2, 2), (1, 4)):
+        proc = torchrun(str(tmp_path), "--equal", kind, str(batch), cwd=repo, module="tests.phase_ddp",
+                        processes=processes)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"equal-{kind}-2x2-rank{r}.pt") for r in (0, 1)]
+    single = torch.load(tmp_path / f"equal-{kind}-1x4-rank0.pt")
+    drawn = [r["captions"] for r in ranks]  # per step, the captions each rank trained on
+    assert len(drawn[0]) == len(single["captions"]) == 3
+    for step, whole in enumerate(single["captions"]):
+        assert set(drawn[0][step]).isdisjoint(drawn[1][step]), step  # every rank sees different data
+        assert drawn[0][step] + drawn[1][step] == whole, step  # together: the 1-process batch, in order
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(a, b)  # in sync across ranks
+    # AdamW divides by sqrt(v): an element whose gradient is float noise (a LoRA B row that barely
+    # moves) takes a +-lr step either way, so summation order can move it by up to 2 lr per step.
+    # Every other element agrees to float tolerance.
+    two, one = (torch.cat([p.flatten() for p in r["params"]]) for r in (ranks[0], single))
+    diff = (two - one).abs()
+    assert diff.max() <= 2 * 1e-3 * 3, diff.max()  # train.lr 1e-3, 3 steps
+    assert (diff <= 1e-5 + 1e-4 * one.abs()).float().mean() >= 0.99, (diff > 1e-5).float().mean()

@@ -210,3 +210,15 @@ def test_diverged_run_saves_nothing_and_keeps_the_good_checkpoint(tmp_path, caps
     for f in (run / "checkpoints" / "checkpoint-2").glob("*.safetensors"):
         assert all(torch.isfinite(t).all() for t in load_file(f).values()), f
     read_logs(run, strict=True)  # no NaN or Infinity logged
+
+
+def test_fp16_on_cpu_is_one_line_before_any_model(tmp_path, capsys, monkeypatch):
+    """accelerate has no fp16 autocast on CPU; the frozen networks would be half and the step float."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    raw = run_dict(tmp_path)
+    raw["model"] = {"pretrained": str(tmp_path / "no-such-teacher")}  # never reached
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    one_clear_line(fewstep(capsys, "train", path, "--set", "train.mixed_precision=fp16"),
+                   "train.mixed_precision: fp16 needs a CUDA GPU")
+    assert not (tmp_path / "runs").exists()

@@ -66,10 +66,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         except UNREADABLE as e:
             raise ConfigError(f"data.path: image {path} cannot be decoded ({e}); replace it or remove its line from "
                               f"{self.root / 'metadata.jsonl'}") from None
-        # Resize the short side, then centre-crop: SD's usual preprocessing.
-        s = self.resolution / min(img.size)
-        img = img.resize((max(self.resolution, round(img.width * s)), max(self.resolution, round(img.height * s))),
-                         Image.BICUBIC)
-        left, top = (img.width - self.resolution) // 2, (img.height - self.resolution) // 2
-        img = img.crop((left, top, left + self.resolution, top + self.resolution))
+        img = center_crop(img, self.resolution)
         return {"image": torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1), "caption": text}
+
+
+def center_crop(img: Image.Image, resolution: int) -> Image.Image:
+    """Resize the short side to ``resolution`` (bicubic), then crop the centre square: SD's preprocessing."""
+    s = resolution / min(img.size)
+    img = img.resize((max(resolution, round(img.width * s)), max(resolution, round(img.height * s))), Image.BICUBIC)
+    left, top = (img.width - resolution) // 2, (img.height - resolution) // 2
+    return img.crop((left, top, left + resolution, top + resolution))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from fewstep.distill.data import first_items
 from fewstep.distill.methods.base import LossOutput
 from fewstep.distill.methods.common import noised
 from fewstep.distill.methods.gan import GAN_HEAD, add_gan_head, gan_logits, gan_losses
@@ -30,7 +31,7 @@ class DMDMethod(ScoreDistillation):
     def setup(self, models, dataset) -> None:
         cfg = self.config
         if cfg.regression_weight > 0:
-            captions = [dataset[i % len(dataset)]["caption"] for i in range(cfg.regression_pairs)]
+            captions = [item["caption"] for item in first_items(dataset, cfg.regression_pairs)]
             self.pairs = teacher_pairs(models, captions, cfg.regression_teacher_steps, cfg.real_guidance)
 
     def phases(self) -> tuple[Phase, ...]:
