@@ -260,12 +260,23 @@ def _check_overrides(overrides: list[str]) -> None:
             raise UserError(f"--set {assignment}: the value is not valid YAML{where}") from None
 
 
+def _check_fresh(run_dir: Path) -> None:
+    """A fresh run must not write into an earlier run's folder: its logs.jsonl would be appended to and
+    its checkpoints would mix with the new ones (``--resume latest`` would then pick the old run's)."""
+    earlier = [name for name in ("logs.jsonl", "checkpoints") if (run_dir / name).exists()]
+    if earlier:
+        raise UserError(f"output_dir: {run_dir} already holds a run ({', '.join(earlier)}); continue it with "
+                        "--resume latest, or set another name (--set name=...) or remove the folder")
+
+
 def cmd_train(args) -> int:
     from fewstep.distill.run_config import load_config
 
     _check_overrides(args.overrides)
     cfg = load_config(config_path(args.config), args.overrides)  # before anything heavy is imported: errors come fast
     check_output("output_dir", cfg.run_dir, folder=True)
+    if not args.resume:
+        _check_fresh(cfg.run_dir)
     from fewstep.distill.loop import Trainer, make_accelerator, preflight
 
     checked = preflight(cfg)  # phases, data files, images each phase needs: before the teacher is loaded

@@ -196,6 +196,7 @@ ROWS: list[tuple[str, Callable[[Ctx], list], str]] = [
     ("set-name-path", lambda c: TRAIN_SET(c, "name=../elsewhere"), "name: '../elsewhere' must be a plain folder"),
     ("model-both", lambda c: ["train", c.config(model={"pretrained": str(c.teacher), "tiny": {}})],
      "model.pretrained and model.tiny are both set"),
+    ("train-into-earlier-run", lambda c: (c.run(), ["train", c.config()])[1], "already holds a run"),
     ("set-bad-yaml", lambda c: TRAIN_SET(c, "train.lr=["), "--set train.lr=[: the value is not valid YAML"),
     # command-line arguments
     ("sample-steps", lambda c: [*SAMPLE, "--steps", "0", "--out", c.tmp / "x.png"], "--steps: must be >= 1"),
