@@ -152,8 +152,8 @@ def cmd_cache(args) -> int:
     _check_overrides(args.overrides)
     for flag, value in (("--shard-size", args.shard_size), ("--num-samples", args.num_samples),
                         ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag}: must be >= 1, got {value}")
+        if value is not None:
+            bounds(ge=1).check(flag, value)  # the range rule of every flag and config number
     cfg = load_config(config_path(args.config), args.overrides)
     check_output("--out", args.out, folder=True)
     from fewstep.pipelines.cache import plan_units, write_cache

@@ -197,6 +197,8 @@ ROWS: list[tuple[str, Callable[[Ctx], list], str]] = [
     ("model-both", lambda c: ["train", c.config(model={"pretrained": str(c.teacher), "tiny": {}})],
      "model.pretrained and model.tiny are both set"),
     ("train-into-earlier-run", lambda c: (c.run(), ["train", c.config()])[1], "already holds a run"),
+    ("cache-shard-size", lambda c: ["cache", c.config(), "--out", c.tmp / "cache", "--shard-size", "0"],
+     "--shard-size: must be >= 1, got 0"),
     ("set-bad-yaml", lambda c: TRAIN_SET(c, "train.lr=["), "--set train.lr=[: the value is not valid YAML"),
     # command-line arguments
     ("sample-steps", lambda c: [*SAMPLE, "--steps", "0", "--out", c.tmp / "x.png"], "--steps: must be >= 1"),
