@@ -8,8 +8,9 @@ A checkpoint folder ``checkpoints/checkpoint-<step>/`` holds
   teacher, a LoRA's base UNet, VAE, text encoder) are never saved: resume rebuilds them from the teacher.
 * accelerate's optimizer / LR scheduler / RNG files (``save_state`` with model saving switched off;
   ``random_states_<i>.pkl`` per process);
-* ``fewstep_state.json``: iteration, each phase's optimizer-step count, batches drawn, and the weight
-  files' bytes and sha256 (all a checkpoint written before the full manifest carries);
+* ``fewstep_state.json``: iteration, each phase's optimizer-step count, batches drawn, each process's
+  count of corrupt samples its data stream skipped (``per_process``), and the weight files' bytes and
+  sha256 (all a checkpoint written before the full manifest carries);
 * ``manifest.json``, written last: name, bytes and sha256 of every other file of the folder.
 
 Saving (``save``): everything is written into a hidden temporary folder, the manifest last, and the
@@ -172,6 +173,22 @@ def prune(run_dir: Path, step: int, keep: int) -> None:
         trash = move_aside(old)
         _kill_point("pruning", step)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def per_process(acc, value: int) -> list[int]:
+    """``value`` of every process, in process order (a collective: every process calls it). The counters
+    file is written by the main process alone; a count each process keeps for itself (the corrupt samples
+    its own part of the stream skipped) goes in as this list, and ``own_count`` gives each its entry back."""
+    from accelerate.utils import gather_object
+
+    return [int(v) for v in gather_object([int(value)])] if acc.num_processes > 1 else [int(value)]
+
+
+def own_count(state: dict, key: str, process_index: int) -> int:
+    """This process's entry of a ``per_process`` list in a checkpoint's counters (0 where the checkpoint
+    predates the key)."""
+    values = state.get(key) or []
+    return int(values[process_index]) if process_index < len(values) else 0
 
 
 def save(acc, run_dir: Path, step: int, states: dict[str, dict[str, torch.Tensor]], counters: dict,

@@ -150,6 +150,8 @@ def preflight(cfg: RunConfig, method: Method | None = None) -> Checked:
     method = method or REGISTRY[cfg.method.name](cfg.method.config, cfg.student)
     plans = plan_phases(method.phases(), cfg.train)
     dataset = build_dataset(cfg.data)
+    if cfg.data.source == "cache":  # made by this run's teacher, else its latents are another VAE's
+        dataset.check_teacher(cfg.model, cfg.train.seed, cfg.data.resolution)
     needy = [p.name for p in plans if p.phase.data == "batch"]
     if needy and not has_images(cfg.data):
         raise ConfigError(f"data.source: {cfg.data.source!r} has no images, but the {', '.join(needy)} phase(s) of "
@@ -172,7 +174,7 @@ class Trainer:
         self.plans: list[PhasePlan] = checked.plans
         self.acc = accelerator or make_accelerator(tc, self.run_dir)
         attach_trackers(self.acc, tc.report_to, self.run_dir)  # an accelerator made without the run folder
-        set_seed(tc.seed, device_specific=True)
+        set_seed(tc.seed)  # one stream on every process: distill.rng slices each its part of the global batch
         self.models: ModelSet = self.method.build(pipe).to(self.acc.device)
         self.method.setup(self.models, checked.dataset)  # e.g. teacher pairs made once from the data's prompts
         use_xformers_if_available(self.models, self.acc.device)
@@ -261,7 +263,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write checkpoint-<step>; refused (nothing written, nothing pruned) if any saved tensor is not finite."""
         states = self._finite_states()
-        counters = {"step": self.step, "phase_steps": self.phase_steps, "batches_drawn": self.drawn}
+        counters = {"step": self.step, "phase_steps": self.phase_steps, "batches_drawn": self.drawn,
+                    "corrupt_skipped": checkpoints.per_process(self.acc, self.corrupt_skipped)}
         if self.validator is not None:
             counters["validation"] = {**self.watch.as_state(), "validated_at": self.validated_at}
         return checkpoints.save(self.acc, self.run_dir, self.step, states, counters,
@@ -272,6 +275,7 @@ class Trainer:
         state = checkpoints.load(self.acc, path, self.models, self.trained, list(self.phase_steps), verified)
         self.step, self.drawn = state["step"], state["batches_drawn"]
         self.phase_steps = dict(state["phase_steps"])
+        self.corrupt_skipped = checkpoints.own_count(state, "corrupt_skipped", self.acc.process_index)
         self.watch = self.watch.resumed(state.get("validation"))  # absent in older checkpoints: a fresh best
         self.validated_at = (state.get("validation") or {}).get("validated_at")  # read by every process
         self.resumed_from = Path(path)

@@ -25,6 +25,8 @@ import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
+from fewstep.distill import rng
+
 
 @dataclass(frozen=True)
 class View:
@@ -156,7 +158,10 @@ class ModelSet:
         # contiguous: noise drawn with randn_like follows the latents' memory layout, which would otherwise
         # depend on the VAE's conv backend (oneDNN on CPU returns channels-last); one layout keeps the draws
         # of encoded and cached latents (data.cache) the same
-        return (dist.sample(generator) * vae.config.scaling_factor).float().contiguous()
+        # the posterior sample's noise through distill.rng (the same per sample however the batch is split
+        # over processes) unless a generator is given
+        sample = dist.sample(generator) if generator is not None else dist.mean + dist.std * rng.randn_like(dist.mean)
+        return (sample * vae.config.scaling_factor).float().contiguous()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from fewstep.distill.config import ConfigError, RunConfig
 from fewstep.distill.data import build_dataset, collate
-from fewstep.distill.data.cache import FORMAT, MANIFEST, shard_count, shard_name
+from fewstep.distill.data.cache import FORMAT, MANIFEST, shard_count, shard_name, teacher_record
 from fewstep.distill.data.shards import ShardDataset
 from fewstep.distill.files import atomic_write
 from fewstep.distill.modelset import ModelSet
@@ -59,11 +59,10 @@ def plan_units(cfg: RunConfig, shard_size: int, num_samples: int | None) -> list
 
 def manifest_for(cfg: RunConfig, units: list[Unit], shard_size: int, dtype: str) -> dict:
     """What a cache was made from: a rerun with other settings must not mix into it."""
-    teacher = cfg.model.pretrained if not cfg.model.tiny else {"tiny": dataclasses.asdict(cfg.model.tiny),
-                                                                "seed": cfg.train.seed}
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("num_workers", "shuffle_buffer")}
-    return {"format": FORMAT, "teacher": teacher, "data": data, "shard_size": shard_size,
-            "num_shards": len(units), "dtype": dtype}
+    # the teacher with its revision and variant: training from the cache checks it (data.cache.check_teacher)
+    return {"format": FORMAT, "teacher": teacher_record(cfg.model, cfg.train.seed), "data": data,
+            "shard_size": shard_size, "num_shards": len(units), "dtype": dtype}
 
 
 def check_manifest(out: Path, manifest: dict) -> None:

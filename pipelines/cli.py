@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, help="guidance_scale (default: the export's recipe)")
     s.add_argument("--scheduler", help="a diffusers scheduler class name (default: the export's recipe)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--revision", help="hub id --pipeline: a branch, tag or commit (default: the --lora export's "
+                                      "model.revision, else main)")
+    s.add_argument("--variant", help="weight files of this variant, e.g. fp16 (default: the --lora export's "
+                                     "model.variant, else the plain files)")
     s.add_argument("--out", required=True, help="output PNG grid")
 
     e = sub.add_parser("export", help="export a run's last checkpoint (LoRA weights or a full pipeline)",
@@ -352,30 +356,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def check_lora_file(flag: str, folder: Path, whole: bool = True) -> None:
-    """``folder`` holds ``pytorch_lora_weights.safetensors``, and with ``whole`` one whose framing is
-    intact (a truncated file is named here, not in a traceback from inside ``load_lora_weights``)."""
-    weights = folder / "pytorch_lora_weights.safetensors"
-    if not weights.is_file():
-        raise UserError(f"{flag} {folder}: pytorch_lora_weights.safetensors not found")
-    if not whole:
-        return
-    from fewstep.pipelines.teacher import safetensors_problem
-
-    problem = safetensors_problem(weights)
-    if problem:
-        raise UserError(f"{flag} {folder}: {weights.name}: {problem}")
-
-
-def _check_scheduler(name: str) -> None:
-    """``name`` must be a diffusers scheduler class (a ``SchedulerMixin`` subclass)."""
-    import diffusers
-
-    cls = getattr(diffusers, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise UserError(f"--scheduler {name}: not a diffusers scheduler class (e.g. LCMScheduler, DDIMScheduler)")
-
-
 def _check_sample_args(args) -> None:
     """Every ``fewstep sample`` number and the scheduler name, before any model is loaded."""
     for flag, value, rng in (("--steps", args.steps, bounds(ge=1)), ("--num-images", args.num_images, bounds(ge=1)),
@@ -383,54 +363,21 @@ def _check_sample_args(args) -> None:
         if value is not None:
             rng.check(flag, value)
     if args.scheduler is not None:
-        _check_scheduler(args.scheduler)
+        from fewstep.pipelines.sample import check_scheduler
 
-
-def _read_recipe(path: Path):
-    """A ``fewstep_recipe.json``; a damaged one is named instead of failing inside the sampler."""
-    from fewstep.distill.sampling import Recipe
-
-    try:
-        return Recipe(**json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise UserError(f"{path}: not a fewstep recipe ({type(e).__name__}: {e})") from None
+        check_scheduler(args.scheduler)
 
 
 def cmd_sample(args) -> int:
     _check_sample_args(args)
     check_output("--out", args.out, folder=False)
-    from fewstep.distill.sampling import Recipe, apply_recipe, generate, save_grid
-    from fewstep.pipelines.teacher import load_pipeline, resolve
+    from fewstep.pipelines.sample import sample_grid
 
-    if args.lora:
-        check_lora_file("--lora", Path(args.lora), whole=False)  # before the pipeline is loaded
-    pipe = load_pipeline(args.pipeline)
-    recipe_file = Path(resolve(args.pipeline)) / "fewstep_recipe.json"
-    recipe = _read_recipe(recipe_file) if recipe_file.is_file() else Recipe(type(pipe.scheduler).__name__, {}, 25, 3.0)
-    if args.lora:
-        lora = Path(args.lora)
-        from fewstep.pipelines.export import check_lora_base
-
-        check_lora_base(lora, pipe.unet)  # the likelier mistake first: a LoRA of another base
-        check_lora_file("--lora", lora)
-        pipe.load_lora_weights(str(lora))
-        lora_recipe = lora / "fewstep_recipe.json"
-        if lora_recipe.is_file():
-            recipe = _read_recipe(lora_recipe)
-    recipe.scheduler = args.scheduler or recipe.scheduler
-    recipe.steps = args.steps or recipe.steps
-    recipe.guidance = recipe.guidance if args.guidance is None else args.guidance
-    _check_scheduler(recipe.scheduler)
-    try:
-        recipe.check_steps(recipe.steps)
-    except ValueError as e:
-        raise UserError(f"--steps: {e}") from None
-    apply_recipe(pipe, recipe)
-    prompts = [p for p in args.prompt for _ in range(args.num_images)]
-    images = generate(pipe, prompts, recipe.steps, recipe.guidance, args.seed)
-    save_grid(images, Path(args.out), ncol=args.num_images if len(args.prompt) > 1 else 8)
-    print(f"fewstep: wrote {args.out} ({len(images)} images, {recipe.scheduler}, {recipe.steps} steps, "
-          f"guidance {recipe.guidance})", file=sys.stderr)
+    recipe = sample_grid(args.pipeline, args.prompt, Path(args.out), lora=args.lora, num_images=args.num_images,
+                         steps=args.steps, guidance=args.guidance, scheduler=args.scheduler, seed=args.seed,
+                         revision=args.revision, variant=args.variant)
+    print(f"fewstep: wrote {args.out} ({len(args.prompt) * args.num_images} images, {recipe.scheduler}, "
+          f"{recipe.steps} steps, guidance {recipe.guidance})", file=sys.stderr)
     return 0
 
 
@@ -510,6 +457,8 @@ def cmd_eval(args) -> int:
     else:
         raise UserError("give --pipeline DIR (with --lora, --teacher as needed) or --run RUN_DIR")
     check_output("--out", out, folder=True)
+    from fewstep.pipelines.sample import check_lora_file
+
     for entry in entries:
         if entry.lora:
             check_lora_file("--lora" if args.lora else "--run", Path(entry.lora))

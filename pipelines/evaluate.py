@@ -48,7 +48,7 @@ from fewstep.pipelines.eval_inputs import (  # noqa: F401  (re-exported)
     prompt_labels,
     reference_source,
 )
-from fewstep.pipelines.teacher import TeacherError, check_pipeline_dir, load_pipeline, resolve
+from fewstep.pipelines.teacher import TeacherError, load_pipeline, locate
 
 FLOOR_NAME = "real images (floor)"
 
@@ -142,12 +142,10 @@ def check_entries(entries: list[ModelEntry], spec: SweepSpec) -> None:
                 raise EvalError(f"{e.name} ({e.lora or e.pipeline}): {err}") from None
         if e.recipe.scheduler and not hasattr(diffusers, e.recipe.scheduler):
             raise EvalError(f"{e.name}: {e.recipe.scheduler!r} is not a diffusers scheduler class")
-        local = resolve(e.pipeline)
-        if Path(local).exists() or local.startswith((".", "/", "~")):
-            try:
-                check_pipeline_dir(local)
-            except TeacherError as err:
-                raise EvalError(f"{e.name}: {err}") from None
+        try:  # a folder that is no pipeline, missing variant files, a hub id the cache lacks offline
+            locate(e.pipeline, e.revision, e.variant)
+        except TeacherError as err:
+            raise EvalError(f"{e.name}: {err}") from None
         if e.lora and not (Path(e.lora) / "pytorch_lora_weights.safetensors").is_file():
             raise EvalError(f"{e.name}: --lora {e.lora}: pytorch_lora_weights.safetensors not found")
     if spec.reference != "procedural":
@@ -159,10 +157,11 @@ def check_entries(entries: list[ModelEntry], spec: SweepSpec) -> None:
 
 
 def load_entry(entry: ModelEntry, device: str):
-    """The entry's pipeline (with its LoRA, checked against the base it was trained on) on ``device``."""
+    """The entry's pipeline at its revision and variant (with its LoRA, checked against the base it was
+    trained on) on ``device``."""
     from fewstep.pipelines.export import check_lora_base
 
-    pipe = load_pipeline(entry.pipeline)
+    pipe = load_pipeline(entry.pipeline, entry.revision, entry.variant)
     if entry.lora:
         check_lora_base(entry.lora, pipe.unet)
         pipe.load_lora_weights(entry.lora)
@@ -463,7 +462,8 @@ def protocol_dict(entries: list[ModelEntry], spec: SweepSpec, ctx: Prepared, bas
         "paired_differences": (f"row - {base['model']} @ {base['steps']} steps, same resamples" if base
                                else "none (no teacher row)"),
         "generation_batch_size": spec.batch_size,
-        "models": {e.name: {"pipeline": e.pipeline, "lora": e.lora, "recipe": e.recipe.to_dict()} for e in entries},
+        "models": {e.name: {"pipeline": e.pipeline, "revision": e.revision, "variant": e.variant, "lora": e.lora,
+                            "recipe": e.recipe.to_dict()} for e in entries},
     }
     warnings = [ctx.health["warning"]] if ctx.health.get("warning") else []
     if n < ctx.feature_net.num_features:

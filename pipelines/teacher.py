@@ -10,6 +10,11 @@ A local path that is not a diffusers pipeline fails before any work with a messa
 missing file, and a truncated or overwritten ``.safetensors`` weight file is named before diffusers
 reads it (its header says how long it must be). The UNet can also be built from its config alone,
 on the meta device, so settings that depend on its layers are checked without its weights.
+
+Every command that loads a teacher honours ``model.revision`` / ``model.variant`` (a :class:`Pin`): training,
+export and cache from the run config; ``fewstep eval --run`` from the run's config; ``fewstep sample`` and
+``fewstep eval`` with a LoRA export from the config the export carries (``export_pins``), the base its
+fingerprint was taken from; ``fewstep sample --revision / --variant`` override that.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import huggingface_hub
 import torch
@@ -261,3 +267,29 @@ def load_pipeline(name: str, revision: str | None = None, variant: str | None = 
 def load_teacher(model) -> StableDiffusionPipeline:
     """The teacher a run's ``model`` section (``ModelConfig``) names, with its revision and variant."""
     return load_pipeline(model.pretrained, revision=model.revision, variant=model.variant)
+
+
+class Pin(NamedTuple):
+    """Which files of a pipeline id load: ``model.revision`` (hub ids: a branch, tag or commit; None: main)
+    and ``model.variant`` (``fp16``: the ``*.fp16.safetensors`` files; None: the plain ones)."""
+
+    revision: str | None = None
+    variant: str | None = None
+
+
+def export_pins(folder: str | Path | None) -> dict[str, Pin]:
+    """``{model.pretrained: Pin(model.revision, model.variant)}`` of the run that wrote the export ``folder``
+    (its ``fewstep_config.yaml``); empty for a folder without one, or a run of a fresh tiny pipeline. A LoRA
+    trained on a revision or variant of a hub teacher loads onto those files: the base it was trained on."""
+    import yaml
+
+    path = Path(folder) / "fewstep_config.yaml" if folder else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return {}
+    model = config.get("model") if isinstance(config, dict) else None
+    name = model.get("pretrained") if isinstance(model, dict) else None
+    return {name: Pin(model.get("revision"), model.get("variant"))} if isinstance(name, str) else {}

@@ -4,9 +4,10 @@ student beside a fake-score adapter (separate modules, plain DDP). Each rank sav
 
     torchrun --nproc_per_node 2 -m tests.phase_ddp OUT_DIR
 
-With ``--equal KIND BATCH`` instead: a deterministic one-phase method (no noise drawn: the loss is a
-function of the data alone) trains a KIND student for a few steps at per-process batch BATCH; each
-rank saves the captions it drew and its trained weights, so a 2 x B run can be compared with a 1 x 2B run.
+With ``--equal METHOD KIND BATCH`` instead: METHOD (``data-only``, a one-phase method whose loss is
+a function of the data alone, or a registered method such as ``lcm`` or ``dmd``) trains a KIND student
+for a few steps at per-process batch BATCH; each rank saves its trained weights (and, data-only, the
+captions it drew), so a 2 x B run can be compared with a 1 x 2B run.
 """
 from __future__ import annotations
 
@@ -58,17 +59,26 @@ class DataOnly(ToyTwoPhase):
         return LossOutput(torch.mean((pred.x0 - latents) ** 2))
 
 
-def equal(out: Path, kind: str, batch: int) -> None:
-    raw = run_dict(out / kind, steps=3, checkpoint_every=0, batch_size=batch, max_grad_norm=0.0)
+def equal(out: Path, method_name: str, kind: str, batch: int) -> None:
+    """Train ``method_name`` ("data-only": :class:`DataOnly`; else a registered method, whose noise,
+    timesteps and guidance scales come from distill.rng) for 3 steps at per-process batch ``batch``."""
+    raw = run_dict(out / kind, method="denoise" if method_name == "data-only" else method_name, steps=3,
+                   checkpoint_every=0, batch_size=batch, max_grad_norm=0.0)
     raw["student"] = {"kind": kind, "lora_rank": 4, "lora_alpha": 4}
+    if method_name == "dmd":
+        raw["method"].update(fake_steps_per_generator=2)
     cfg = parse_config(raw)
-    cfg.method = MethodSpec("toy", ToyConfig())
-    method = DataOnly(cfg.method.config, cfg.student)
+    method = None
+    if method_name == "data-only":
+        cfg.method = MethodSpec("toy", ToyConfig())
+        method = DataOnly(cfg.method.config, cfg.student)
     t = Trainer(cfg, build_tiny_pipeline(cfg.model.tiny, seed=0), method=method)
+    init = [p.detach().cpu().clone() for ps in t.params.values() for p in ps]
     t.train()
     rank = t.acc.process_index
-    torch.save({"captions": method.calls, "params": [p.detach().cpu() for p in t.params["student"]]},
-               out / f"equal-{kind}-{t.acc.num_processes}x{batch}-rank{rank}.pt")
+    params = [p.detach().cpu() for ps in t.params.values() for p in ps]
+    torch.save({"captions": getattr(method, "calls", None), "params": params, "init": init},
+               out / f"equal-{method_name}-{kind}-{t.acc.num_processes}x{batch}-rank{rank}.pt")
 
 
 def main(out: Path) -> None:
@@ -91,6 +101,6 @@ def main(out: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[2] == "--equal":
-        equal(Path(sys.argv[1]), sys.argv[3], int(sys.argv[4]))
+        equal(Path(sys.argv[1]), sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:
         main(Path(sys.argv[1]))

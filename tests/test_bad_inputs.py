@@ -176,6 +176,16 @@ def truncated_lora(ctx: Ctx) -> Path:
     return folder
 
 
+def cached_data(ctx: Ctx, model: dict) -> dict:
+    """The data section of a run that trains from a 4-image cache of procedural scenes, written by
+    ``fewstep cache`` with the teacher ``model``."""
+    from fewstep.pipelines.cli import main
+
+    out = ctx.tmp / "cache"
+    assert main(["cache", str(ctx.config(model=model)), "--out", str(out), "--num-samples", "4"]) == 0
+    return {"data": {"source": "cache", "path": str(out)}}
+
+
 def lora(targets: list[str]) -> dict:
     return {"student": {"kind": "lora", "lora_rank": 4, "lora_alpha": 4, "lora_targets": targets}}
 
@@ -199,6 +209,8 @@ ROWS: list[tuple[str, Callable[[Ctx], list], str]] = [
     ("train-into-earlier-run", lambda c: (c.run(), ["train", c.config()])[1], "already holds a run"),
     ("cache-shard-size", lambda c: ["cache", c.config(), "--out", c.tmp / "cache", "--shard-size", "0"],
      "--shard-size: must be >= 1, got 0"),
+    ("cache-other-teacher", lambda c: ["train", c.config(sets=cached_data(c, {"pretrained": str(c.teacher)}))],
+     "this run's is a fresh model.tiny pipeline (train.seed 0)"),
     ("set-bad-yaml", lambda c: TRAIN_SET(c, "train.lr=["), "--set train.lr=[: the value is not valid YAML"),
     # command-line arguments
     ("sample-steps", lambda c: [*SAMPLE, "--steps", "0", "--out", c.tmp / "x.png"], "--steps: must be >= 1"),

@@ -39,8 +39,9 @@ def metadata(path) -> dict:
         return f.metadata()
 
 
-def config(tmp_path, method="denoise", **data):
+def config(tmp_path, method="denoise", model=None, **data):
     raw = run_dict(tmp_path, method=method, steps=3, checkpoint_every=0)
+    raw["model"] = model or raw["model"]
     if method == "lcm":
         raw["student"] = {"kind": "lora", "lora_rank": 4, "lora_alpha": 4}
     raw["data"] = {"source": "imagefolder", "path": str(image_folder(tmp_path / "images")), **data}
@@ -127,7 +128,54 @@ def test_training_from_the_cache_gives_the_losses_of_the_images(tmp_path, capsys
     assert bool(used) == (method == "lcm")
     assert len(from_images) == 3 and len(from_cache) == 3
     assert np.allclose(from_cache, from_images, rtol=1e-4, atol=1e-6), (from_images, from_cache)
-    # the check can fail: another seed draws other noise and gives other losses
+    # the check can fail: another learning rate gives other losses after the first step (another train.seed
+    # would draw other noise, but it also builds another tiny teacher, whose cache this is not: refused)
     other = train_losses(capsys, tmp_path, cfg, "other", "--set", "data.source=cache", "--set", f"data.path={out}",
-                         "--set", "train.seed=1")
+                         "--set", "train.lr=0.05")
     assert not np.allclose(other, from_images, rtol=1e-4, atol=1e-6)
+
+
+def test_training_refuses_a_cache_of_another_teacher_before_any_weight_loads(tmp_path, capsys, monkeypatch):
+    """cache.json records the teacher with its revision and variant. A run of another teacher, revision or
+    variant, or at another resolution, and a cache written before the record (a bare name), stop in
+    preflight with one line naming data.path and both teachers; the cache's own teacher trains from it."""
+    import huggingface_hub
+
+    from fewstep.distill.config import TinyArch
+    from fewstep.pipelines import cli
+    from fewstep.pipelines.tiny import build_tiny_pipeline
+    from tests.conftest import SMALL_ARCH
+    from tests.test_hub_teacher import MAIN, REPO_ID, V2, cache_snapshot
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cache_snapshot(hub, REPO_ID, MAIN, build_tiny_pipeline(TinyArch(**SMALL_ARCH), seed=0))
+    half = build_tiny_pipeline(TinyArch(**SMALL_ARCH), seed=1).to(torch.float16)
+    cache_snapshot(hub, REPO_ID, V2, half, refs=("v2",), variant="fp16")
+    cfg = config(tmp_path, model={"pretrained": REPO_ID, "revision": "v2", "variant": "fp16"})
+    out = tmp_path / "cache"
+    assert fewstep(capsys, "cache", cfg, "--out", out, "--shard-size", 4)[0] == 0
+    manifest = json.loads((out / "cache.json").read_text())
+    assert manifest["teacher"] == {"pretrained": REPO_ID, "revision": "v2", "variant": "fp16"}
+    cached = ["--no-export", "--set", "data.source=cache", "--set", f"data.path={out}"]
+    code, err = fewstep(capsys, "train", cfg, *cached, "--set", "name=same")
+    assert code == 0, err  # the teacher that made it
+
+    monkeypatch.setattr(cli, "_load_pipeline_for", lambda cfg: pytest.fail("the teacher was loaded"))
+    for sets, needle in (
+            (["model.revision=main"], f"data.path: cache {out} was made with teacher '{REPO_ID}' (revision 'v2', "
+                                      f"variant 'fp16'), this run's is '{REPO_ID}' (revision 'main', variant 'fp16')"),
+            (["model.variant=null"], f"this run's is '{REPO_ID}' (revision 'v2') (its latents and text embeddings "
+                                     "are another VAE's and text encoder's); rebuild it with `fewstep cache CONFIG "
+                                     f"--out {out}` for this run's model"),
+            (["model.pretrained=null", "model.revision=null", "model.variant=null", f"model.tiny={SMALL_ARCH}"],
+             "this run's is a fresh model.tiny pipeline (train.seed 0)"),
+            (["data.resolution=16"], f"data.resolution: 16, but cache {out} (data.path) holds images resized to "
+                                     "32 px; set data.resolution=32")):
+        one_clear_line(fewstep(capsys, "train", cfg, *cached, *[a for s in sets for a in ("--set", s)]), needle)
+    (out / "cache.json").write_text(json.dumps({**manifest, "teacher": REPO_ID}))  # as an older fewstep wrote it
+    one_clear_line(fewstep(capsys, "train", cfg, *cached),
+                   f"data.path: cache {out} records its teacher '{REPO_ID}' without revision and variant (written "
+                   "by an older fewstep), so it may be another revision's; rebuild it")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["same"]  # the refused runs wrote nothing

@@ -77,34 +77,40 @@ def test_two_phases_train_in_sync_across_processes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["lora", "full"])
-def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, kind):
-    """2 processes x batch 2 against 1 process x batch 4, on a method whose loss is a function of the
-    data alone (tests/phase_ddp.py DataOnly): accelerate's sharded dataloader (split_batches off) gives
-    process r the r-th of every 2 consecutive batches of the one index stream, so the ranks' batches
-    are disjoint, together are the 1-process batch, and DDP's gradient mean over ranks is the gradient
-    of the whole batch. (The registered methods draw noise per process, seed + rank, so their 2-process
-    runs follow other noise than a 1-process run: equal in distribution, not in value.)"""
+@pytest.mark.parametrize("method,kind", [("data-only", "lora"), ("data-only", "full"), ("lcm", "lora"), ("dmd", "full")])
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, method, kind):
+    """2 processes x batch 2 against 1 process x batch 4. accelerate's sharded dataloader (split_batches
+    off) gives process r the r-th of every 2 consecutive batches of the one index stream, so the ranks'
+    batches are disjoint and together are the 1-process batch (checked on the data-only method, which
+    records its captions); DDP's gradient mean over ranks is the gradient of the whole batch; and the
+    registered methods draw each sample's noise, timesteps and guidance scale from distill.rng (one
+    stream on every process, each keeping its slice), so LCM (LoRA) and DMD2 (full generator and full
+    fake score, two phases) follow the 1-process run's training noise too."""
     import torch
 
     repo = Path(__file__).resolve().parents[1]
     for processes, batch in ((2, 2), (1, 4)):
-        proc = torchrun(str(tmp_path), "--equal", kind, str(batch), cwd=repo, module="tests.phase_ddp",
+        proc = torchrun(str(tmp_path), "--equal", method, kind, str(batch), cwd=repo, module="tests.phase_ddp",
                         processes=processes)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"equal-{kind}-2x2-rank{r}.pt") for r in (0, 1)]
-    single = torch.load(tmp_path / f"equal-{kind}-1x4-rank0.pt")
-    drawn = [r["captions"] for r in ranks]  # per step, the captions each rank trained on
-    assert len(drawn[0]) == len(single["captions"]) == 3
-    for step, whole in enumerate(single["captions"]):
-        assert set(drawn[0][step]).isdisjoint(drawn[1][step]), step  # every rank sees different data
-        assert drawn[0][step] + drawn[1][step] == whole, step  # together: the 1-process batch, in order
+    ranks = [torch.load(tmp_path / f"equal-{method}-{kind}-2x2-rank{r}.pt") for r in (0, 1)]
+    single = torch.load(tmp_path / f"equal-{method}-{kind}-1x4-rank0.pt")
+    if method == "data-only":
+        drawn = [r["captions"] for r in ranks]  # per step, the captions each rank trained on
+        assert len(drawn[0]) == len(single["captions"]) == 3
+        for step, whole in enumerate(single["captions"]):
+            assert set(drawn[0][step]).isdisjoint(drawn[1][step]), step  # every rank sees different data
+            assert drawn[0][step] + drawn[1][step] == whole, step  # together: the 1-process batch, in order
     for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
         assert torch.equal(a, b)  # in sync across ranks
     # AdamW divides by sqrt(v): an element whose gradient is float noise (a LoRA B row that barely
     # moves) takes a +-lr step either way, so summation order can move it by up to 2 lr per step.
-    # Every other element agrees to float tolerance.
-    two, one = (torch.cat([p.flatten() for p in r["params"]]) for r in (ranks[0], single))
+    two, one, init = (torch.cat([p.flatten() for p in ps]) for ps in (ranks[0]["params"], single["params"],
+                                                                       single["init"]))
     diff = (two - one).abs()
-    assert diff.max() <= 2 * 1e-3 * 3, diff.max()  # train.lr 1e-3, 3 steps
-    assert (diff <= 1e-5 + 1e-4 * one.abs()).float().mean() >= 0.99, (diff > 1e-5).float().mean()
+    steps = 3 if method != "dmd" else 3 * 3  # DMD2: a generator step and 2 fake-score steps per iteration
+    assert diff.max() <= 2 * 1e-3 * steps, diff.max()  # train.lr 1e-3
+    # The runs part by float rounding only: < 1 % of what training moved (other noise: tens of %).
+    assert (two - one).norm() <= 0.01 * (one - init).norm(), ((two - one).norm(), (one - init).norm())
+    if method != "dmd":  # (DMD2's per-sample normalisation amplifies rounding over its 9 optimizer steps)
+        assert (diff <= 1e-5 + 1e-4 * one.abs()).float().mean() >= 0.99, (diff > 1e-5).float().mean()

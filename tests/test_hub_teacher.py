@@ -1,6 +1,7 @@
 """Teachers from a hub id (issue 12): ``model.pretrained: org/name`` loads from the local Hugging Face
 cache without network, ``model.revision`` picks a snapshot and ``model.variant`` picks ``*.fp16.*`` weight
-files; an id missing from the cache offline is one line naming it and how to make it local, decided
+files (also in ``fewstep eval`` and ``sample``: a run's, a LoRA export's own, or ``--revision`` /
+``--variant``); an id missing from the cache offline is one line naming it and how to make it local, decided
 from the cache before any weight is read.
 
 The cache is built the way huggingface_hub lays it out (huggingface_hub 2.x, ``file_download.py``):
@@ -22,7 +23,7 @@ import huggingface_hub
 import pytest
 import torch
 
-from fewstep.distill.config import ConfigError, TinyArch
+from fewstep.distill.config import ConfigError, EvalConfig, TinyArch
 from fewstep.distill.run_config import load_config, parse_config
 from fewstep.pipelines.errors import TeacherError
 from fewstep.pipelines.teacher import hub_snapshot, load_pipeline, locate, resolve
@@ -139,6 +140,71 @@ def test_run_config_passes_revision_and_variant_to_the_teacher(hub, pipes, tmp_p
     pipe = _load_pipeline_for(parse_config(raw))
     assert same_weights(unet_state(pipe), unet_state(half)) and pipe.unet.dtype == torch.float32
     assert (snap / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_symlink()
+
+
+# ---- eval and sample load the revision and variant a run was trained on ---------------------------------
+@pytest.fixture
+def lora_run(hub, pipes, tmp_path):
+    """A run whose teacher is REPO_ID at revision v2, variant fp16 (seed-1 weights; main holds seed 0), with
+    a LoRA export on that base written by the exporter training uses. Returns (run folder, the v2 weights)."""
+    from peft import LoraConfig
+
+    from fewstep.distill.config import save_config, to_dict
+    from fewstep.distill.sampling import Recipe
+    from fewstep.pipelines.export import export_lora
+    from fewstep.pipelines.teacher import load_teacher
+
+    cache_snapshot(hub, REPO_ID, MAIN, pipes[0])
+    half = build_tiny_pipeline(TinyArch(**SMALL_ARCH), seed=1).to(torch.float16)
+    cache_snapshot(hub, REPO_ID, V2, half, refs=("v2",), variant="fp16")
+    raw = run_dict(tmp_path, method="lcm")
+    raw["model"] = {"pretrained": REPO_ID, "revision": "v2", "variant": "fp16"}
+    raw["student"] = {"kind": "lora", "lora_rank": 4, "lora_alpha": 4}
+    cfg = parse_config(raw)
+    base = load_teacher(cfg.model)
+    base.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    cfg.run_dir.mkdir(parents=True)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    export_lora(base, Recipe("LCMScheduler", {}, 2, 1.0, trained_steps=[1, 2]), cfg.run_dir / "export", title="t",
+                base_model=REPO_ID, base_unet=base.unet, config=to_dict(cfg))
+    return cfg.run_dir, unet_state(half)
+
+
+def test_eval_loads_teacher_and_lora_base_at_the_runs_revision_and_variant(lora_run, pipes):
+    from fewstep.pipelines import evaluate as ev
+    from fewstep.pipelines.errors import LoraBaseError
+
+    run, v2 = lora_run
+    from_run = ev.run_entries(run).entries
+    from_lora = ev.build_entries(REPO_ID, EvalConfig(steps=[1]), lora=str(run / "export"), teacher=REPO_ID)
+    for entries in (from_run, from_lora):  # eval --run, and eval --pipeline ID --lora EXPORT --teacher ID
+        assert [(e.teacher, e.pipeline, e.revision, e.variant) for e in entries] == [
+            (True, REPO_ID, "v2", "fp16"), (False, REPO_ID, "v2", "fp16")]
+        ev.check_entries(entries, ev.SweepSpec(num_images=2))
+        teacher, student = (ev.load_entry(e, "cpu") for e in entries)  # the LoRA's base fingerprint matches
+        assert same_weights(unet_state(teacher), v2) and not same_weights(unet_state(teacher), unet_state(pipes[0]))
+        assert student.unet.peft_config
+    # the check can fail: the same export on main's weights is another base
+    main = ev.student_entry(REPO_ID, lora=str(run / "export"))
+    with pytest.raises(LoraBaseError, match="was trained on base 'someorg/tiny-sd'"):
+        ev.load_entry(main, "cpu")
+
+
+def test_sample_loads_the_revision_and_variant_given_or_trained_on(lora_run, pipes, tmp_path, capsys, monkeypatch):
+    import fewstep.pipelines.teacher as T
+
+    run, v2 = lora_run
+    loaded, real = [], T.load_pipeline
+    monkeypatch.setattr(T, "load_pipeline", lambda *a, **k: loaded.append((a, real(*a, **k))) or loaded[-1][1])
+    sample = ["sample", "--pipeline", REPO_ID, "--prompt", "a red circle", "--steps", "1", "--out", tmp_path / "x.png"]
+    for flags, weights in ((["--revision", "v2", "--variant", "fp16"], v2), ([], unet_state(pipes[0])),
+                           (["--revision", V2, "--variant", "fp16"], v2)):
+        code, err = fewstep(capsys, *sample, *flags)
+        assert code == 0, err
+        assert same_weights(unet_state(loaded[-1][1]), weights), flags
+    code, err = fewstep(capsys, *sample, "--lora", run / "export")  # the LoRA's own run config says v2, fp16
+    assert code == 0 and "LCMScheduler, 1 steps" in err, err
+    assert loaded[-1][0] == (REPO_ID, "v2", "fp16")
 
 
 # ---- one line, before any weight is read ---------------------------------------------------------------

@@ -9,7 +9,8 @@ gives the same losses (tests/test_cache.py). A single stored sample would freeze
 
 Layout of a cache folder::
 
-    cache.json                 what it was made from (teacher, resolution, shard size, shard count)
+    cache.json                 what it was made from (teacher with revision and variant, data settings,
+                               shard size, shard count)
     shard-000000.safetensors   "moments" [n, 2C, h, w], "text_embeddings" [n, L, D]; metadata: captions, count
 
 Items carry the tensors in place of what they replace, so methods need no branch: ``"image"`` is a
@@ -17,10 +18,15 @@ Items carry the tensors in place of what they replace, so methods need no branch
 instead of running the VAE) and ``"caption"`` is a :class:`CachedCaption` (a ``str`` that carries its
 embedding, which ``encode_text`` uses instead of running the text encoder; an empty caption from
 caption dropout is still encoded).
+
+A run trains from a cache only with the teacher that made it (``check_teacher``, in preflight, before any
+weight loads): latents of another VAE and embeddings of another text encoder would train without an error,
+on the wrong inputs.
 """
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 from pathlib import Path
 
@@ -28,10 +34,11 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from fewstep.distill.config import ConfigError
+from fewstep.distill.config import ConfigError, ModelConfig
 
 MANIFEST = "cache.json"
 FORMAT = 1  # bump when the layout changes: an older cache is then refused, not misread
+RESIZED = ("imagefolder", "webdataset")  # sources whose images are resized to data.resolution (procedural's are not)
 
 
 def shard_name(index: int) -> str:
@@ -89,6 +96,57 @@ def read_manifest(root: Path) -> dict:
     return manifest
 
 
+def teacher_record(model: ModelConfig, seed: int) -> dict:
+    """What ``cache.json`` records of the teacher whose VAE and text encoder made a cache: a fresh tiny
+    pipeline by its architecture and ``train.seed`` (which draw its weights), a pretrained one by its id and
+    the revision and variant that pick its files (a local folder by its absolute path, however spelt)."""
+    if model.tiny is not None:
+        return {"tiny": dataclasses.asdict(model.tiny), "seed": seed}
+    return {"pretrained": _where(model.pretrained), "revision": model.revision, "variant": model.variant}
+
+
+def _where(name: str) -> str:
+    """A local teacher folder by its absolute path; a hub id or embedded name as it is."""
+    return str(Path(name).expanduser().resolve()) if Path(name).expanduser().exists() else name
+
+
+def describe_teacher(record) -> str:
+    """A teacher record (``teacher_record``, or an older cache's bare name) as an error message names it."""
+    if not isinstance(record, dict):
+        return repr(record)
+    if "tiny" in record:
+        return f"a fresh model.tiny pipeline (train.seed {record.get('seed')})"
+    pins = [f"{k} {record[k]!r}" for k in ("revision", "variant") if record.get(k) is not None]
+    return repr(record.get("pretrained")) + (f" ({', '.join(pins)})" if pins else "")
+
+
+def check_teacher(root: Path, manifest: dict, model: ModelConfig, seed: int, resolution: int) -> None:
+    """The cache at ``root`` must have been made by the run's teacher (``teacher_record``) and, for sources
+    that resize, at the run's ``data.resolution``; raises ConfigError (one line, naming data.path and both).
+    A cache written before revision and variant were recorded (its teacher a bare name) cannot be told
+    apart from one of another revision, so it is refused with how to rebuild it."""
+    rebuild = f"rebuild it with `fewstep cache CONFIG --out {root}` for this run's model"
+    ours = json.loads(json.dumps(teacher_record(model, seed)))  # as cache.json holds it (lists, not tuples)
+    theirs = manifest.get("teacher")
+    if isinstance(theirs, str) and ours.get("pretrained") == _where(theirs):
+        raise ConfigError(f"data.path: cache {root} records its teacher {theirs!r} without revision and variant "
+                          f"(written by an older fewstep), so it may be another revision's; {rebuild}")
+    if theirs != ours:
+        what, mine = describe_teacher(theirs), describe_teacher(ours)
+        if what == mine and isinstance(theirs, dict) and "tiny" in theirs:
+            diff = sorted(k for k in set(theirs["tiny"]) | set(ours["tiny"])
+                          if theirs["tiny"].get(k) != ours["tiny"].get(k))
+            what += f" with other model.tiny {', '.join(diff)}"
+        raise ConfigError(f"data.path: cache {root} was made with teacher {what}, this run's is {mine} (its latents "
+                          f"and text embeddings are another VAE's and text encoder's); {rebuild}, or train with "
+                          "the teacher that made it")
+    data = manifest.get("data") or {}
+    made = data.get("resolution")
+    if data.get("source") in RESIZED and made is not None and made != resolution:
+        raise ConfigError(f"data.resolution: {resolution}, but cache {root} (data.path) holds images resized to "
+                          f"{made} px; set data.resolution={made}, or {rebuild}")
+
+
 def shard_count(path: Path) -> int | None:
     """Rows in a finished shard, or None when it is missing or damaged (its header or framing)."""
     from safetensors import SafetensorError
@@ -131,6 +189,10 @@ class CacheDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return self.starts[-1]
+
+    def check_teacher(self, model: ModelConfig, seed: int, resolution: int) -> None:
+        """``check_teacher`` of this cache against a run's ``model``, ``train.seed`` and ``data.resolution``."""
+        check_teacher(self.root, self.manifest, model, seed, resolution)
 
     def __getstate__(self):
         return {**self.__dict__, "_open": {}}

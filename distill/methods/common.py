@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import torch
 
-from fewstep.distill import schedules
+from fewstep.distill import rng, schedules
 from fewstep.distill.denoiser import Prediction
 from fewstep.distill.modelset import ModelSet, unwrap
 
@@ -59,11 +59,11 @@ def skip_grid_points(den, num_ddim_timesteps: int, batch: int, device) -> tuple[
     """Uniform training points t on the DDIM skip grid and their solver targets s = t - k (LCM Sec. 4.3)."""
     T = den.alphas_cumprod.shape[0]
     grid = schedules.ddim_skip_grid(num_ddim_timesteps, T).to(device)
-    t = grid[torch.randint(0, num_ddim_timesteps, (batch,), device=device)]
+    t = grid[rng.randint(0, num_ddim_timesteps, batch, device)]
     return t, schedules.previous_on_grid(t, T // num_ddim_timesteps)
 
 
 def noised(den, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """z_t = alpha_t x0 + sigma_t eps with fresh Gaussian noise (the forward process)."""
     alpha, sigma = den.alpha_sigma(t)
-    return alpha * latents + sigma * torch.randn_like(latents)
+    return alpha * latents + sigma * rng.randn_like(latents)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fewstep.distill import rng
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.methods.settings import DenoiseConfig
 from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
@@ -58,12 +59,12 @@ class DenoiseMethod(Method):
         student = models["student"]
         latents = models.encode_images(batch["pixels"])
         b = latents.shape[0]
-        drop = torch.rand(b) < self.config.caption_dropout
+        drop = rng.rand(b) < self.config.caption_dropout
         captions = ["" if d else c for c, d in zip(batch["captions"], drop.tolist())]
         cond = models.encode_text(captions)
         den = unwrap(student)
-        t = torch.randint(0, den.alphas_cumprod.shape[0], (b,), device=latents.device)
-        noise = torch.randn_like(latents)
+        t = rng.randint(0, den.alphas_cumprod.shape[0], b, latents.device)
+        noise = rng.randn_like(latents)
         alpha, sigma = den.alpha_sigma(t)
         x_t = alpha * latents + sigma * noise
         pred = student(x_t, t, cond)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from fewstep.distill import rng
+from fewstep.distill.config import ConfigError
 from fewstep.distill.data import first_items
 from fewstep.distill.methods.base import LossOutput
 from fewstep.distill.methods.common import noised
@@ -30,6 +32,8 @@ class DMDMethod(ScoreDistillation):
 
     def setup(self, models, dataset) -> None:
         cfg = self.config
+        if cfg.gan_weight > 0:
+            check_real_size(models, first_items(dataset, 1)[0]["image"])
         if cfg.regression_weight > 0:
             captions = [item["caption"] for item in first_items(dataset, cfg.regression_pairs)]
             self.pairs = teacher_pairs(models, captions, cfg.regression_teacher_steps, cfg.real_guidance)
@@ -52,7 +56,7 @@ class DMDMethod(ScoreDistillation):
     def generator_objective(self, models, x0, cond, uncond, batch):
         cfg = self.config
         with torch.no_grad():
-            t = torch.randint(cfg.t_min, cfg.t_max + 1, (len(x0),), device=x0.device)
+            t = rng.randint(cfg.t_min, cfg.t_max + 1, len(x0), x0.device)
             x_t = noised(models["teacher"], x0.detach(), t)
             real = models["teacher"](x_t, t, cond, uncond=uncond, guidance=cfg.real_guidance).x0
             fake = self.fake_prediction(models, x_t, t, cond, uncond).x0
@@ -64,7 +68,7 @@ class DMDMethod(ScoreDistillation):
             loss = loss + cfg.regression_weight * reg
             logs["regression"] = reg.item()
         if cfg.gan_weight > 0:
-            t = torch.randint(cfg.t_min, cfg.t_max + 1, (len(x0),), device=x0.device)
+            t = rng.randint(cfg.t_min, cfg.t_max + 1, len(x0), x0.device)
             gen_loss, _ = gan_losses(fake_logits=gan_logits(models, noised(models[FAKE], x0, t), t, cond))
             loss = loss + cfg.gan_weight * gen_loss
             logs["gan"] = gen_loss.item()
@@ -75,7 +79,7 @@ class DMDMethod(ScoreDistillation):
         from the pair's noise against the teacher's sample."""
         if self.pairs is None:
             raise RuntimeError("method.regression_weight is on but setup() made no pairs")
-        idx = torch.randint(0, len(self.pairs.noise), (n,))
+        idx = rng.randint(0, len(self.pairs.noise), n)
         cond = models.encode_text([self.pairs.captions[i] for i in idx.tolist()])
         z = self.pairs.noise[idx].to(cond.device)
         t0 = int(generator_timesteps(self.config.generator_steps)[0])
@@ -89,9 +93,20 @@ class DMDMethod(ScoreDistillation):
         x0, cond, uncond = self.fake_samples(models, batch)
         loss = self.fake_denoising_loss(models, x0, cond, uncond)
         real = models.encode_images(batch["pixels"])
-        t = torch.randint(self.config.t_min, self.config.t_max + 1, (len(x0),), device=x0.device)
+        t = rng.randint(self.config.t_min, self.config.t_max + 1, len(x0), x0.device)
         with torch.no_grad():
             fake_in, real_in = noised(models[FAKE], x0, t), noised(models[FAKE], real, t)
         _, head_loss = gan_losses(fake_logits=gan_logits(models, fake_in, t, cond),
                                   real_logits=gan_logits(models, real_in, t, cond))
         return LossOutput(loss + self.config.gan_head_weight * head_loss, {"gan_head": head_loss.item()})
+
+
+def check_real_size(models, image) -> None:
+    """The GAN head compares real images with generator samples, which come at the UNet's native size
+    (what the exported pipeline makes): the data's images must encode to that latent size."""
+    c, factor = models["student"].unet.config, models.pipe.vae_scale_factor
+    side = image.moments.shape[-1] if hasattr(image, "moments") else image.shape[-1] // factor
+    if side != c.sample_size:
+        raise ConfigError(f"data.resolution: the GAN term (method.gan_weight) needs real images at the generator's "
+                          f"size {c.sample_size * factor} px (the teacher UNet's sample_size {c.sample_size} x "
+                          f"{factor}); the data gives {side * factor} px")

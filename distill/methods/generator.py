@@ -23,7 +23,7 @@ from dataclasses import replace
 
 import torch
 
-from fewstep.distill import schedules
+from fewstep.distill import rng, schedules
 from fewstep.distill.config import ConfigError, PhaseConfig, StudentConfig
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
@@ -70,12 +70,12 @@ def generate(models: ModelSet, cond: torch.Tensor, num_steps: int = 1, grad_step
     T = student.alphas_cumprod.shape[0]
     ts = generator_timesteps(num_steps, T).tolist()
     last = num_steps - 1 if grad_step is None else grad_step
-    x = torch.randn(len(cond), c.in_channels, c.sample_size, c.sample_size, device=cond.device)
+    x = rng.randn(len(cond), c.in_channels, c.sample_size, c.sample_size, device=cond.device)
     with torch.no_grad():
         for i in range(last):  # LCMScheduler.step: denoise, then re-noise to the next timestep
             x0 = generator_step(student, x, ts[i], cond)
             alpha, sigma = student.alpha_sigma(torch.tensor([ts[i + 1]], device=x.device))
-            x = alpha * x0 + sigma * torch.randn_like(x0)
+            x = alpha * x0 + sigma * rng.randn_like(x0)
     return generator_step(student, x, ts[last], cond)
 
 
@@ -164,11 +164,11 @@ class ScoreDistillation(Method):
         with ``fake_train_guidance``, SiD-LSG's kappa_1; 1: unguided)."""
         fake = models[FAKE]
         if self.config.fake_caption_dropout > 0:  # train the unconditional branch too (SiD-LSG)
-            drop = torch.rand(len(x0), device=x0.device) < self.config.fake_caption_dropout
+            drop = rng.rand(len(x0), x0.device) < self.config.fake_caption_dropout
             cond = torch.where(drop[:, None, None], uncond, cond)
-        t = torch.randint(0, fake.alphas_cumprod.shape[0], (len(x0),), device=x0.device)
+        t = rng.randint(0, fake.alphas_cumprod.shape[0], len(x0), x0.device)
         alpha, sigma = fake.alpha_sigma(t)
-        noise = torch.randn_like(x0)
+        noise = rng.randn_like(x0)
         x_t = alpha.to(x0.dtype) * x0 + sigma.to(x0.dtype) * noise
         g = self.config.fake_train_guidance
         pred = fake(x_t, t, cond) if g == 1 else fake(x_t, t, cond, uncond=uncond, guidance=g)

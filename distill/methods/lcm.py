@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fewstep.distill import schedules
+from fewstep.distill import rng, schedules
 from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
 from fewstep.distill.methods.common import distance, grid_batch, guided_teacher, noised
 from fewstep.distill.methods.settings import LCMConfig
@@ -42,7 +42,7 @@ class LCMMethod(Method):
         den, latents, cond, uncond, t, s = grid_batch(models, batch, cfg.num_ddim_timesteps)
         b, dev = latents.shape[0], latents.device
         z_t = noised(den, latents, t)
-        w = torch.rand(b, device=dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
+        w = rng.rand(b, dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
         w_emb = schedules.guidance_embedding(w, cfg.w_embedding_dim).to(latents.dtype) if self.embeds_guidance else None
 
         def f(z, x0, tt):  # the consistency function with LCM's boundary scalings

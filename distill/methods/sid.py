@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from fewstep.distill import rng
 from fewstep.distill.methods.common import noised
 from fewstep.distill.methods.generator import ScoreDistillation
 from fewstep.distill.methods.score import sid_loss
@@ -25,7 +26,7 @@ class SiDMethod(ScoreDistillation):
     def generator_objective(self, models, x0, cond, uncond, batch):
         cfg = self.config
         teacher = models["teacher"]
-        t = torch.randint(cfg.t_min, cfg.t_max + 1, (len(x0),), device=x0.device)
+        t = rng.randint(cfg.t_min, cfg.t_max + 1, len(x0), x0.device)
         x_t = noised(teacher, x0, t)  # with gradient: SiD differentiates through both scores
         real = teacher(x_t, t, cond, uncond=uncond, guidance=cfg.real_guidance).x0
         fake = self.fake_prediction(models, x_t, t, cond, uncond).x0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from fewstep.distill import schedules
+from fewstep.distill import rng, schedules
 from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
 from fewstep.distill.methods.common import distance, grid_batch, guided_teacher, noised
 from fewstep.distill.methods.settings import Stage, TSCDConfig
@@ -58,8 +58,8 @@ class TSCDMethod(Method):
         if cfg.replay <= 0 or i == 0:
             return e
         earlier = torch.stack([ends(st.segments) for st in cfg.stages[:i]])
-        pick = torch.randint(0, i, t.shape, device=t.device)
-        take = torch.rand(t.shape, device=t.device) < cfg.replay
+        pick = rng.randint(0, i, len(t), t.device)
+        take = rng.rand(len(t), t.device) < cfg.replay
         return torch.where(take, earlier.gather(0, pick[None]).squeeze(0), e)
 
     @torch.no_grad()
@@ -69,7 +69,7 @@ class TSCDMethod(Method):
         abar = unwrap(models["teacher"]).alphas_cumprod
         T, n = abar.shape[0], self.config.num_ddim_timesteps
         grid = schedules.ddim_skip_grid(n, T).flip(0).to(latents.device)
-        z = torch.randn_like(latents)
+        z = rng.randn_like(latents)
         for cur, nxt in zip(grid[:-1], grid[1:]):
             active = t < cur
             if not active.any():
@@ -86,7 +86,7 @@ class TSCDMethod(Method):
         b, dev = latents.shape[0], latents.device
         abar = den.alphas_cumprod
         e = self.segment_targets(t, step, abar.shape[0])
-        w = torch.rand(b, device=dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
+        w = rng.rand(b, dev) * (cfg.w_max - cfg.w_min) + cfg.w_min
         if cfg.start == "teacher":
             z_t = self._teacher_state(models, latents, t, cond, uncond, w)
         else:

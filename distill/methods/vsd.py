@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from fewstep.distill import rng
 from fewstep.distill.methods.common import noised
 from fewstep.distill.methods.generator import ScoreDistillation
 from fewstep.distill.methods.score import stop_gradient_loss, vsd_gradient
@@ -24,7 +25,7 @@ class VSDMethod(ScoreDistillation):
         cfg = self.config
         teacher = models["teacher"]
         with torch.no_grad():
-            t = torch.randint(cfg.t_min, cfg.t_max + 1, (len(x0),), device=x0.device)
+            t = rng.randint(cfg.t_min, cfg.t_max + 1, len(x0), x0.device)
             x_t = noised(teacher, x0.detach(), t)
             real = teacher(x_t, t, cond, uncond=uncond, guidance=cfg.real_guidance).eps
             fake = self.fake_prediction(models, x_t, t, cond, uncond).eps
