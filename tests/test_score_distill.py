@@ -375,3 +375,27 @@ def test_regression_pairs_are_the_teachers_own_ddim_samples():
     want = plain(captions, num_inference_steps=3, guidance_scale=3.0, latents=pairs.noise.clone(),
                  output_type="latent").images
     torch.testing.assert_close(pairs.latents, want, atol=1e-5, rtol=1e-5)
+
+
+def test_gan_term_refuses_real_images_at_another_size_than_the_generators(tmp_path):
+    """The GAN head compares real and generated latents; the generator makes the UNet's native size,
+    so an image folder at another resolution is one ConfigError naming data.resolution (at native
+    size the same run builds)."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (40, 40), (40 * i, 90, 200)).save(folder / f"{i}.png")
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": "a red circle"}) + "\n"
+                                                   for i in range(2)))
+    for resolution, ok in ((16, False), (32, True)):
+        raw = run_dict(tmp_path / str(resolution), method="dmd", steps=1, checkpoint_every=0)
+        raw["method"]["gan_weight"] = 0.01
+        raw["data"] = {"source": "imagefolder", "path": str(folder), "resolution": resolution}
+        cfg = parse_config(raw)
+        if ok:
+            Trainer(cfg, build_tiny_pipeline(cfg.model.tiny, seed=0))
+            continue
+        with pytest.raises(ConfigError, match=r"^data.resolution: the GAN term .* size 32 px .* gives 16 px$"):
+            Trainer(cfg, build_tiny_pipeline(cfg.model.tiny, seed=0))
