@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from fewstep.distill.config import ConfigError, DivergedError, EvalConfig, Range, bounds, field_range
+from fewstep.distill.memory import retain_freed_memory
 from fewstep.eval.errors import ClipError, MetricsError
 from fewstep.pipelines.errors import EvalError, LoraBaseError, TeacherError, UserError
 
@@ -522,6 +523,7 @@ COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "eva
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = _parser().parse_args(argv)
+    retain_freed_memory()  # each step's activations stay in the process instead of faulting back in
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as e:
