@@ -400,10 +400,14 @@ def analysis(summary: dict) -> list[str]:
 
 def write_report(out: Path, results: dict, command: str) -> None:
     lines = ["# Sampling speed: teacher vs student (issue 13)", "", f"`{command}`", "",
-             f"{results['machine']}", "",
+             f"{results['machine']} Whole run {results['wall_s'] / 60:.0f} min; 1-minute load average "
+             f"{results['load_average_start']:.2f} at the start, {results['load_average_end']:.2f} at the end. The "
+             "machine is shared: other jobs ran during parts of the run, so compare rows within one run and read "
+             "CPU / wall.", "",
              "Seconds per image of one whole `pipe(...)` call (output PIL), median [min, max] over R "
              "interleaved repetitions after a warm-up; parts of the median repetition as a share of its wall "
-             "time (`rest` = its total less its timed parts). Ideal = UNet evaluations of teacher 50 + CFG / the row's; "
+             "time (`rest` = its total less its timed parts). Ideal = UNet evaluations of teacher 50 + CFG / "
+             "the row's; "
              f"a row reaches at achieved / ideal >= {REACHES}. CPU s = this process's CPU time over the same "
              "calls (one thread): it leaves out the time the process waited for a core, so on a shared machine "
              "it is the steadier figure; CPU / wall well below 1 means the call waited. Raw timings: "
@@ -433,7 +437,7 @@ def plot(out: Path, results: dict) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(8.6, 4.4))
     for i, (key, res) in enumerate(results["benches"].items()):
         color = f"C{i}"
         summary = res["summary"]
@@ -453,7 +457,8 @@ def plot(out: Path, results: dict) -> str | None:
     ax.set_xlabel("UNet evaluations per image")
     ax.set_ylabel("seconds per image (1 thread)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6.5)
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("wall time, median [min, max]; dotted: ideal by UNet evaluations", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "speed.png", dpi=110)
     plt.close(fig)
@@ -466,8 +471,7 @@ def machine_note() -> str:
     import torch
 
     return (f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
-            f"thread(s), diffusers {diffusers.__version__}, Python {platform.python_version()}; load average at "
-            f"start {os.getloadavg()[0]:.2f} (the other core runs a training job: compare rows within one run).")
+            f"thread(s), diffusers {diffusers.__version__}, Python {platform.python_version()}.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -480,7 +484,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tiny-repeats", type=int, default=10, help="timed repetitions of each tiny-sd row")
     ap.add_argument("--warmup-steps", type=int, default=1, help="steps of each warm-up call (one per call shape)")
     ap.add_argument("--lora-row", default="tiny-sd", help="pipelines that get the unfused-LoRA row ('' for none)")
+    ap.add_argument("--render", action="store_true", help="only rewrite speed.md and speed.png from speed.json")
     args = ap.parse_args(argv)
+    if args.render:
+        results = json.loads((args.out / "speed.json").read_text())
+        results["plot"] = plot(args.out, results)
+        write_report(args.out, results, results["command"])
+        return
     names = [n for n in args.pipelines.split(",") if n]
     unknown = set(names) - set(PRESETS) | set(n for n in args.lora_row.split(",") if n) - set(PRESETS)
     counts = (args.repeats, args.tiny_repeats, args.warmup_steps, args.sd15_teacher50_repeats, args.sd15_lora_repeats)
@@ -493,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     command = (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} nice -n {os.nice(0)} "
                f".venv/bin/python bench/sampling_speed.py {shlex.join(argv if argv is not None else sys.argv[1:])}")
     results = {"command": command, "machine": machine_note(), "threads": torch.get_num_threads(),
-               "rows": [asdict(r) for r in ROWS], "benches": {}}
+               "load_average_start": os.getloadavg()[0], "rows": [asdict(r) for r in ROWS], "benches": {}}
     for name in names:
         bench = PRESETS[name]
         t0 = time.perf_counter()
