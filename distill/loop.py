@@ -417,6 +417,8 @@ class Trainer:
                     record.update({f"{n}/sec_per_step": sec / (self.step - logged) for n, sec in seconds.items()})
                     if self.corrupt_skipped:
                         record["data/corrupt"] = self.corrupt_skipped
+                    if self.acc.device.type == "cuda":  # this process's peak since the run began
+                        record["mem/gpu_peak_gib"] = torch.cuda.max_memory_allocated(self.acc.device) / 2**30
                     t0, logged, seconds = time.perf_counter(), self.step, {}
                     self._log(record)
                     losses = {k: f"{v:.4g}" for k, v in record.items() if k.endswith("loss")}

@@ -264,8 +264,11 @@ def unwrap(module):
 @torch.no_grad()
 def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
     """target <- decay * target + (1 - decay) * source, parameters and float buffers."""
-    for t, s in zip(target.parameters(), unwrap(source).parameters()):
-        t.lerp_(s.detach().to(t.dtype), 1.0 - decay)
+    targets = list(target.parameters())
+    sources = [s.detach().to(t.dtype) for t, s in zip(targets, unwrap(source).parameters())]
+    # one multi-tensor kernel per chunk on CUDA instead of one launch per parameter (~700 for SD1.5's UNet);
+    # per tensor the same lerp, so CPU results are unchanged
+    torch._foreach_lerp_(targets, sources, 1.0 - decay)
     for t, s in zip(target.buffers(), unwrap(source).buffers()):
         if t.dtype.is_floating_point:
             t.copy_(s)

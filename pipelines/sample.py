@@ -51,10 +51,22 @@ def read_recipe(path: Path):
         raise UserError(f"{path}: not a fewstep recipe ({type(e).__name__}: {e})") from None
 
 
+def load_lora_fused(pipe, folder) -> None:
+    """Load the LoRA in ``folder`` onto ``pipe`` and fuse it into the base weights (UNet, and text
+    encoder if the file carries one), leaving plain modules: the unfused peft side-branches cost every
+    UNet call (measured 1.14x per call on the SD1.5 architecture, 1.6-1.8x on the tiny teacher on CPU).
+    The result is the unfused function: the merge adds ``scaling * B @ A`` with the adapter's own
+    ``alpha / rank`` (from the file's metadata), and ``lora_scale=1`` is the scale an unfused adapter
+    samples at when no ``cross_attention_kwargs`` scale is passed, as ours never is."""
+    pipe.load_lora_weights(str(folder))
+    pipe.fuse_lora(lora_scale=1.0)
+    pipe.unload_lora_weights()  # removes the peft wrappers; their merged base weights stay
+
+
 def load_for_sampling(pipeline: str, lora: str | None = None, revision: str | None = None,
                       variant: str | None = None):
     """``(pipe, recipe)``: ``pipeline`` at ``revision`` / ``variant`` (both None: those the LoRA export
-    ``lora`` was trained on, else main and the plain files) with ``lora`` loaded on it, and the recipe of
+    ``lora`` was trained on, else main and the plain files) with ``lora`` fused into it, and the recipe of
     the LoRA folder, else of the pipeline folder, else the pipeline's own scheduler."""
     from fewstep.distill.sampling import Recipe
     from fewstep.pipelines.export import check_lora_base
@@ -70,7 +82,7 @@ def load_for_sampling(pipeline: str, lora: str | None = None, revision: str | No
     if lora:
         check_lora_base(lora, pipe.unet)  # the likelier mistake first: a LoRA of another base
         check_lora_file("--lora", Path(lora))
-        pipe.load_lora_weights(str(lora))
+        load_lora_fused(pipe, lora)
         if (Path(lora) / "fewstep_recipe.json").is_file():
             recipe = read_recipe(Path(lora) / "fewstep_recipe.json")
     return pipe, recipe

@@ -183,7 +183,9 @@ def test_eval_loads_teacher_and_lora_base_at_the_runs_revision_and_variant(lora_
         ev.check_entries(entries, ev.SweepSpec(num_images=2))
         teacher, student = (ev.load_entry(e, "cpu") for e in entries)  # the LoRA's base fingerprint matches
         assert same_weights(unet_state(teacher), v2) and not same_weights(unet_state(teacher), unet_state(pipes[0]))
-        assert student.unet.peft_config
+        # the LoRA (B = 0 at peft's init) was fused into the v2 base: the v2 weights, and no peft layer left
+        assert same_weights(unet_state(student), v2)
+        assert not [m for m in student.unet.modules() if type(m).__module__.startswith("peft.")]
     # the check can fail: the same export on main's weights is another base
     main = ev.student_entry(REPO_ID, lora=str(run / "export"))
     with pytest.raises(LoraBaseError, match="was trained on base 'someorg/tiny-sd'"):
