@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The score-distillation table of BENCHMARKS.md: train the tiny score-distillation students (eval
+# The score-distillation table of bench/SCORE_DISTILLATION.md: train the tiny score-distillation students (eval
 # off), then evaluate each on the 1,000 held-out prompts of the consistency table and compare with
 # the teacher at 50 DDIM steps and with the best consistency student at 1 step (LCM-LoRA with
 # TSCD's 1800-step budget, bench/results/consistency-equal-budget), paired
