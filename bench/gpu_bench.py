@@ -425,7 +425,7 @@ def main(argv=None) -> int:
             continue
         r = res.guard(f"train {name}", train, name, config, extra, batch, steps, skip, args, env, snapshot, images,
                       prompts,
-                      timeout=min(240, res.left() - 20), finish=name == runs[0][0])
+                      timeout=min(240, res.left() - 20), finish=name == f"lcm-lora-b{batches[0]}")
         if r is None:
             continue
         trained.append({"name": name, **r})
