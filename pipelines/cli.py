@@ -294,6 +294,12 @@ def cmd_train(args) -> int:
 
         locate(cfg.model.pretrained, cfg.model.revision, cfg.model.variant)
     check_lora_targets(cfg)
+    if cfg.model.pretrained and not cfg.model.tiny:  # the data against the size the student generates at
+        from fewstep.pipelines.teacher import native_size
+
+        native = native_size(cfg.model.pretrained, cfg.model.revision)
+        if native is not None:
+            checked.method.check_native_size(checked.dataset, *native)
     resume = _resume_point(args, cfg.run_dir) if args.resume else None
     if resume is not None:
         from fewstep.distill.checkpoints import check_phases

@@ -74,8 +74,10 @@ def load_for_sampling(pipeline: str, lora: str | None = None, revision: str | No
 
     if lora:
         check_lora_file("--lora", Path(lora), whole=False)  # before the pipeline is loaded
-    pin = Pin(revision, variant) if revision or variant else export_pins(lora).get(pipeline, Pin())
-    pipe = load_pipeline(pipeline, pin.revision, pin.variant)
+    flags = bool(revision or variant)
+    pin = Pin(revision, variant) if flags else export_pins(lora).get(pipeline, Pin())
+    pipe = load_pipeline(pipeline, pin.revision, pin.variant,
+                         keys=("--revision", "--variant") if flags else ("model.revision", "model.variant"))
     own = Path(resolve(pipeline, pin.revision)) / "fewstep_recipe.json"
     recipe = read_recipe(own) if own.is_file() else Recipe(type(pipe.scheduler).__name__, {}, DEFAULT_STEPS,
                                                            DEFAULT_GUIDANCE)

@@ -98,23 +98,25 @@ def has_unet_weights(folder: Path, variant: str | None) -> bool:
     return any(f".{variant}." in n or f".{variant}-" in n for n in names)
 
 
-def locate(name: str, revision: str | None = None, variant: str | None = None) -> str:
+def locate(name: str, revision: str | None = None, variant: str | None = None,
+           keys: tuple[str, str] = ("model.revision", "model.variant")) -> str:
     """What ``load_pipeline`` will load, checked without reading any weights: the local folder (a path,
     an embedded name, or a cached hub id's snapshot that holds the UNet weights of ``variant``), or the
     hub id itself when it must be downloaded.
 
     Raises TeacherError (one line) for a folder that is no pipeline, a damaged weight file, a missing
     ``variant``, a ``revision`` given for a local folder, and a hub id that the cache lacks (or holds
-    without the asked-for weights) while ``HF_HUB_OFFLINE`` is set, naming the id and how to make it local."""
+    without the asked-for weights) while ``HF_HUB_OFFLINE`` is set, naming the id and how to make it local.
+    ``keys``: what the messages call the revision and the variant (the config keys, or a command's flags)."""
     if is_local(name) or (ASSETS / name / "model_index.json").is_file():
         folder = resolve(name)
         if revision is not None:
             raise TeacherError(f"revision {revision!r} is for a hub id, but {name} is a local folder (it holds one "
-                               "version: drop model.revision)")
+                               f"version: drop {keys[0]})")
         check_pipeline_dir(folder)
         if variant is not None and not has_unet_weights(Path(folder), variant):
             raise TeacherError(f"{Path(folder) / 'unet'} has no {variant!r} weights (no file like "
-                               f"diffusion_pytorch_model.{variant}.safetensors): drop model.variant, or save them "
+                               f"diffusion_pytorch_model.{variant}.safetensors): drop {keys[1]}, or save them "
                                f"with save_pretrained(variant={variant!r})")
         return folder
     try:
@@ -198,6 +200,22 @@ def unet_skeleton(name: str, revision: str | None = None):
         return UNet2DConditionModel.from_config(config)
 
 
+def native_size(name: str, revision: str | None = None) -> tuple[int, int] | None:
+    """``(sample_size, vae_factor)`` of the local pipeline ``name`` (or cached hub id) read from its
+    ``unet/config.json`` and ``vae/config.json`` (the factor is 2 ** (number of VAE blocks - 1), as
+    diffusers' pipelines compute it), or None where either file is missing (a hub id to download)."""
+    folder = Path(resolve(name, revision))
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]), 2 ** (len(vae["block_out_channels"]) - 1)
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as e:
+        raise TeacherError(f"{folder}: unet/config.json or vae/config.json is not a readable config "
+                           f"({type(e).__name__}: {e})") from None
+
+
 @contextmanager
 def quiet_hub():
     """diffusers logs hub look-ups that failed ("Couldn't connect to the Hub", multi-line) before it
@@ -237,7 +255,7 @@ def download_problem(name: str, revision: str | None, e: BaseException) -> str:
 
 
 def load_pipeline(name: str, revision: str | None = None, variant: str | None = None,
-                  **kwargs) -> StableDiffusionPipeline:
+                  keys: tuple[str, str] = ("model.revision", "model.variant"), **kwargs) -> StableDiffusionPipeline:
     """Load a Stable-Diffusion pipeline (local dir, embedded name, or hub id, cached or downloaded) on
     the CPU in fp32, whatever dtype its files hold (``variant="fp16"`` weights are upcast).
 
@@ -245,8 +263,9 @@ def load_pipeline(name: str, revision: str | None = None, variant: str | None = 
         name: a folder written by ``save_pretrained``, an embedded name, or a hub id ``org/name``.
         revision: hub ids only: a branch, tag or commit hash (None: ``main``).
         variant: the weight files' variant (``"fp16"``: ``*.fp16.safetensors``), as diffusers' ``variant``.
+        keys: what error messages call ``revision`` and ``variant`` (``locate``).
     """
-    source = locate(name, revision, variant)
+    source = locate(name, revision, variant, keys)
     download = not is_local(source)
     if not download:
         kwargs.setdefault("local_files_only", True)

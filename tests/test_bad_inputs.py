@@ -218,6 +218,10 @@ ROWS: list[tuple[str, Callable[[Ctx], list], str]] = [
     ("sample-scheduler", lambda c: [*SAMPLE, "--scheduler", "NoSuchScheduler", "--out", c.tmp / "x.png"],
      "--scheduler NoSuchScheduler"),
     ("sample-lora", lambda c: [*SAMPLE, "--lora", c.tmp, "--out", c.tmp / "x.png"], "pytorch_lora_weights.safetensors"),
+    ("sample-variant", lambda c: [*SAMPLE, "--variant", "bogus", "--out", c.tmp / "x.png"],
+     "has no 'bogus' weights (no file like diffusion_pytorch_model.bogus.safetensors): drop --variant"),
+    ("sample-revision-local", lambda c: [*SAMPLE, "--revision", "v2", "--out", c.tmp / "x.png"],
+     "is a local folder (it holds one version: drop --revision)"),
     ("sample-lora-truncated", lambda c: [*SAMPLE, "--lora", truncated_lora(c), "--out", c.tmp / "x.png"],
      "pytorch_lora_weights.safetensors: truncated"),
     ("eval-lora-truncated", lambda c: [*EVAL, "--lora", truncated_lora(c), "--out", c.tmp / "r"],
@@ -451,3 +455,42 @@ def test_read_logs_keeps_each_step_of_the_latest_attempt_once(tmp_path):
     log.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match="logs.jsonl:2: not a JSON record"):
         read_logs(log)
+
+
+def test_gan_images_at_another_size_fail_before_the_teacher_loads(tmp_path, capsys, teacher, finished, monkeypatch):
+    """DMD2's GAN term needs real images at the size the generator makes (the teacher UNet's
+    sample_size x the VAE factor): an image folder at another data.resolution is one line naming it,
+    read from the teacher's config files before any weight loads (loading the teacher fails this test)."""
+    import fewstep.pipelines.cli as cli
+    from diffusers import StableDiffusionPipeline
+
+    ctx = Ctx(tmp_path, teacher, finished)
+    pipe = StableDiffusionPipeline.from_pretrained(teacher)
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor  # diffusers' own reading of the folder
+    folder = ctx.tmp / "images"
+    folder.mkdir()
+    for i in range(2):
+        png(folder / f"{i}.png", size=native)
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": "a red circle"}) + "\n"
+                                                   for i in range(2)))
+
+    def no_teacher(cfg):
+        raise AssertionError("the teacher was loaded before the size check")
+
+    monkeypatch.setattr(cli, "_load_pipeline_for", no_teacher)
+    for resolution in (native // 2, 2 * native):
+        sets = {"method": {"name": "dmd", "gan_weight": 0.01}, "model": {"tiny": None, "pretrained": str(teacher)},
+                "data": {"source": "imagefolder", "path": str(folder), "resolution": resolution}}
+        config = ctx.config(sets=sets)
+        before = listing(tmp_path)
+        code, err = fewstep(capsys, "train", config)
+        errors = [line for line in err.splitlines() if line.startswith("fewstep: error:")]
+        assert code == 2 and "Traceback" not in err and len(errors) == 1, err
+        assert errors[0] == (f"fewstep: error: data.resolution: the GAN term (method.gan_weight) needs real images at "
+                             f"the generator's size {native} px (the teacher UNet's sample_size "
+                             f"{pipe.unet.config.sample_size} x {pipe.vae_scale_factor}); the data gives {resolution} px")
+        assert listing(tmp_path) == before
+    # at the native size the run gets past the check, as far as loading the teacher
+    sets["data"]["resolution"] = native
+    with pytest.raises(AssertionError, match="the teacher was loaded"):
+        fewstep(capsys, "train", ctx.config(sets=sets))

@@ -52,6 +52,11 @@ class Method:
         for state a method derives from the data before training (e.g. DMD's regression pairs). It
         must draw no global randomness (a resumed run calls it again and must see the same noise)."""
 
+    def check_native_size(self, dataset, sample_size: int, vae_factor: int) -> None:
+        """Called before any weight loads, where the teacher's config files are at hand, with its UNet's
+        ``sample_size`` and its VAE's scale factor: for checks of the data against the size the student
+        generates at (raise ``ConfigError``, one line naming the key)."""
+
     def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
         raise NotImplementedError
 

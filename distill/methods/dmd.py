@@ -32,11 +32,16 @@ class DMDMethod(ScoreDistillation):
 
     def setup(self, models, dataset) -> None:
         cfg = self.config
-        if cfg.gan_weight > 0:
-            check_real_size(models, first_items(dataset, 1)[0]["image"])
+        if cfg.gan_weight > 0:  # again here: a hub teacher with no local config is checked only now
+            c = models["student"].unet.config
+            self.check_native_size(dataset, c.sample_size, models.pipe.vae_scale_factor)
         if cfg.regression_weight > 0:
             captions = [item["caption"] for item in first_items(dataset, cfg.regression_pairs)]
             self.pairs = teacher_pairs(models, captions, cfg.regression_teacher_steps, cfg.real_guidance)
+
+    def check_native_size(self, dataset, sample_size: int, vae_factor: int) -> None:
+        if self.config.gan_weight > 0:
+            check_real_size(sample_size, vae_factor, first_items(dataset, 1)[0]["image"])
 
     def phases(self) -> tuple[Phase, ...]:
         gen, fake = super().phases()
@@ -101,12 +106,11 @@ class DMDMethod(ScoreDistillation):
         return LossOutput(loss + self.config.gan_head_weight * head_loss, {"gan_head": head_loss.item()})
 
 
-def check_real_size(models, image) -> None:
+def check_real_size(sample_size: int, factor: int, image) -> None:
     """The GAN head compares real images with generator samples, which come at the UNet's native size
     (what the exported pipeline makes): the data's images must encode to that latent size."""
-    c, factor = models["student"].unet.config, models.pipe.vae_scale_factor
     side = image.moments.shape[-1] if hasattr(image, "moments") else image.shape[-1] // factor
-    if side != c.sample_size:
+    if side != sample_size:
         raise ConfigError(f"data.resolution: the GAN term (method.gan_weight) needs real images at the generator's "
-                          f"size {c.sample_size * factor} px (the teacher UNet's sample_size {c.sample_size} x "
+                          f"size {sample_size * factor} px (the teacher UNet's sample_size {sample_size} x "
                           f"{factor}); the data gives {side * factor} px")
