@@ -399,3 +399,34 @@ def test_gan_term_refuses_real_images_at_another_size_than_the_generators(tmp_pa
             continue
         with pytest.raises(ConfigError, match=r"^data.resolution: the GAN term .* size 32 px .* gives 16 px$"):
             Trainer(cfg, build_tiny_pipeline(cfg.model.tiny, seed=0))
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_fake_weighting_snr_plus_1_weights_an_eps_fake_by_one_over_alpha_squared(tmp_path, kind):
+    """method.fake_weighting: "snr+1" on an eps fake score is the v loss, i.e. the eps error times
+    (SNR + 1) / SNR = 1 / alpha_bar (alpha^2 + sigma^2 = 1), computed here by hand from the same draws;
+    "native" is the plain eps loss."""
+    trainer = make_trainer(tmp_path, steps=1, kind=kind, fake_weighting="snr+1")
+    method, models = trainer.method, trainer.models
+    fake = models[FAKE]
+    assert fake.prediction_type == "epsilon"
+    torch.manual_seed(0)
+    x0 = torch.randn(3, 4, 8, 8)
+    cond = models.encode_text(["a red circle", "a blue square", ""])
+    uncond = models.encode_text([""]).expand(3, -1, -1)
+    losses = {}
+    for weighting in ("native", "snr+1"):
+        method.config.fake_weighting = weighting
+        torch.manual_seed(1)
+        with torch.no_grad():
+            losses[weighting] = method.fake_denoising_loss(models, x0, cond, uncond)
+    torch.manual_seed(1)  # the draws of fake_denoising_loss, in its order: t, then the noise
+    t = torch.randint(0, fake.alphas_cumprod.shape[0], (3,))
+    noise = torch.randn_like(x0)
+    abar = fake.alphas_cumprod[t].float()
+    x_t = abar.sqrt()[:, None, None, None] * x0 + (1 - abar).sqrt()[:, None, None, None] * noise
+    with torch.no_grad():
+        err = (fake(x_t, t, cond).output - noise).square().mean(dim=(1, 2, 3))
+    torch.testing.assert_close(losses["native"], err.mean(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(losses["snr+1"], (err / abar).mean(), rtol=1e-5, atol=1e-7)
+    assert losses["snr+1"] > losses["native"]

@@ -28,6 +28,7 @@ from fewstep.distill.config import ConfigError, PhaseConfig, StudentConfig
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
 from fewstep.distill.methods.common import encode_prompts
+from fewstep.distill.methods.denoise import snr_weight
 from fewstep.distill.methods.score import denoising_loss
 from fewstep.distill.modelset import ModelSet
 from fewstep.distill.phases import Phase
@@ -161,7 +162,7 @@ class ScoreDistillation(Method):
     def fake_denoising_loss(self, models: ModelSet, x0: torch.Tensor, cond: torch.Tensor,
                             uncond: torch.Tensor) -> torch.Tensor:
         """The denoising loss of the fake score on generator samples ``x0`` (its prediction guided
-        with ``fake_train_guidance``, SiD-LSG's kappa_1; 1: unguided)."""
+        with ``fake_train_guidance``, SiD-LSG's kappa_1; 1: unguided), weighted per t by ``fake_weighting``."""
         fake = models[FAKE]
         if self.config.fake_caption_dropout > 0:  # train the unconditional branch too (SiD-LSG)
             drop = rng.rand(len(x0), x0.device) < self.config.fake_caption_dropout
@@ -172,7 +173,8 @@ class ScoreDistillation(Method):
         x_t = alpha.to(x0.dtype) * x0 + sigma.to(x0.dtype) * noise
         g = self.config.fake_train_guidance
         pred = fake(x_t, t, cond) if g == 1 else fake(x_t, t, cond, uncond=uncond, guidance=g)
-        return denoising_loss(pred.output, x0, noise, alpha, sigma, fake.prediction_type)
+        weight = snr_weight(self.config.fake_weighting, fake.prediction_type, alpha, sigma)
+        return denoising_loss(pred.output, x0, noise, alpha, sigma, fake.prediction_type, weight=weight)
 
     def fake_prediction(self, models: ModelSet, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                         uncond: torch.Tensor):

@@ -119,6 +119,11 @@ class ScoreConfig:
     # fraction of the fake score's training captions replaced by "" (SiD-LSG: 0.1), so its unconditional
     # branch is trained too: a guided fake score (fake_guidance / fake_train_guidance != 1) needs it
     fake_caption_dropout: float = ranged(0.0, ge=0.0, le=1.0, what="a probability")
+    # the fake score's denoising-loss weight per timestep (methods.denoise.snr_weight): "native" is the
+    # plain loss of its prediction type (eps: SNR on x0, almost nothing at high t); the embedded teacher
+    # was trained with "snr+1", and an eps fake score trained natively fits the generator's samples worse
+    # than the teacher itself at t >= 650 (bench/score_fit.py)
+    fake_weighting: Literal["native", "snr", "snr+1"] = "native"
     # the score timestep t ~ U[t_min, t_max] (DMD2: 0.02 T .. 0.98 T; SwiftBrush: 20 .. 980)
     t_min: int = ranged(20, ge=0, lt=1000, what="a timestep")
     t_max: int = ranged(980, ge=0, lt=1000, what="a timestep")
