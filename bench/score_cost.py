@@ -352,16 +352,19 @@ def memory_worker(spec: dict) -> dict:
             "net_peak": {p: s["peak"] - base for p, s in last.items()}}
 
 
-def spawn(spec: dict, timeout: float) -> dict:
+def spawn(spec: dict, timeout: float, script: str = __file__) -> dict:
+    """``script --worker SPEC`` in a fresh process (one thread): its last stdout line as JSON, with the
+    process's wall seconds; a failure or time-out is returned as ``skipped``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.time()
     try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+        proc = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)], capture_output=True,
                               text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {**spec, "skipped": f"worker ran past {timeout:.0f} s"}
     if proc.returncode != 0:
         return {**spec, "skipped": f"worker failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "process_s": round(time.time() - t0, 1)}
 
 
 def estimate(kind: str, variant: str, p: int, act: int) -> int:
@@ -532,6 +535,18 @@ def notes(results: dict) -> str:
     return "\n\n".join(out)
 
 
+def worker_options(ap: argparse.ArgumentParser, argv, min_free_gb: float) -> argparse.Namespace:
+    """The options every memory-measuring script here shares (the watchdog's floor, a worker's time
+    limit, the hidden ``--worker`` a child is started with), parsed; one thread for the parent and its
+    workers."""
+    ap.add_argument("--min-free-gb", type=float, default=min_free_gb)
+    ap.add_argument("--worker-timeout", type=float, default=1800)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    return args
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "score-cost")
@@ -544,13 +559,9 @@ def main(argv=None) -> int:
     ap.add_argument("--latent", type=int, default=32, choices=(8, 16, 32))
     ap.add_argument("--mem-batch", type=int, default=1)
     ap.add_argument("--lora-rank", type=int, default=64)
-    ap.add_argument("--min-free-gb", type=float, default=3.0)
-    ap.add_argument("--worker-timeout", type=float, default=1800)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=10)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    args = worker_options(ap, argv, min_free_gb=3.0)
     if args.worker:
         print(json.dumps(memory_worker(json.loads(args.worker))))
         return 0
