@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -164,7 +165,7 @@ def passes(kind: str, batch: int, student_cfg, latent: int) -> dict:
     from sd15_arch import SD15_TEXT, SD15_VAE, sd15_unet
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from fewstep.distill.modelset import ema_update
+    from fewstep.distill.modelset import View, adapters_as, ema_update  # the loop's teacher view of a LoRA UNet
     from fewstep.distill.students import add_lora
 
     dev, bf16 = torch.device(DEV), torch.bfloat16
@@ -194,7 +195,8 @@ def passes(kind: str, batch: int, student_cfg, latent: int) -> dict:
     auto = lambda: torch.autocast(DEV, dtype=bf16)  # noqa: E731
 
     def teacher_cfg():
-        with torch.no_grad(), auto(), (_adapters_off(student) if kind == "lora" else _nothing()):
+        base_view = adapters_as(student, View("unet", base=True)) if kind == "lora" else nullcontext()
+        with torch.no_grad(), auto(), base_view:
             teacher(torch.cat([x, x]), torch.cat([t, t]), torch.cat([enc, enc])).sample
 
     def target_fwd():
@@ -234,27 +236,6 @@ def passes(kind: str, batch: int, student_cfg, latent: int) -> dict:
 def empty_cache() -> None:
     if DEV == "cuda":
         torch.cuda.empty_cache()
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _adapters_off:
-    """peft's adapters off on a diffusers UNet (``disable_adapters`` / ``enable_adapters``)."""
-
-    def __init__(self, unet):
-        self.unet = unet
-
-    def __enter__(self):
-        self.unet.disable_adapters()
-
-    def __exit__(self, *exc):
-        self.unet.enable_adapters()
 
 
 # ---- 4 / 6. sampling latency --------------------------------------------------------------------------
