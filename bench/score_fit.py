@@ -75,7 +75,7 @@ def refit(models, teacher, gen, args) -> Denoiser:
     for i in range(args.refit):
         cond = models.encode_text([caption(sample_scene(0, int(j))) for j in torch.randint(0, 10**7, (16,))]).detach()
         with torch.no_grad():
-            x0 = generator_step(gen, torch.randn(16, c.in_channels, c.sample_size, c.sample_size), 999, cond)
+            x0 = generator_step(gen, torch.randn(16, c.in_channels, c.sample_size, c.sample_size), args.t0, cond)
         t = torch.randint(0, 1000, (16,))
         a, s = fk.alpha_sigma(t)
         eps = torch.randn_like(x0)
@@ -106,6 +106,7 @@ def main():
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     m = cfg["method"]
     g_real = float(m.get("real_guidance", 1.0))
+    args.t0 = int(m.get("generator_timestep", 999))  # where the run's 1-step generator runs
     g_teacher = g_real if args.teacher_guidance is None else args.teacher_guidance
     ckpts = sorted((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     ckpt = run / "checkpoints" / args.checkpoint if args.checkpoint else ckpts[-1]
@@ -122,7 +123,7 @@ def main():
               f"{args.refit_weight} loss")
         fake = refit(models, teacher, gen, args)
     print(f"run {run.name} {ckpt.name}: real_guidance {g_real}, fake_guidance {m.get('fake_guidance', 1.0)}, "
-          f"generator {args.generator}, teacher samples at CFG {g_teacher}, {args.teacher_steps} DDIM steps")
+          f"generator {args.generator} at t = {args.t0}, teacher samples at CFG {g_teacher}, {args.teacher_steps} DDIM steps")
 
     data = ProceduralDataset(VALIDATION_SEED)
     items = [data[i] for i in range(args.n)]
@@ -132,7 +133,7 @@ def main():
     c = pipe.unet.config
     z = torch.randn(args.n, c.in_channels, c.sample_size, c.sample_size)
 
-    x_gen = torch.cat([generator_step(gen, z[i:i + 64], 999, cond[i:i + 64]) for i in range(0, args.n, 64)])
+    x_gen = torch.cat([generator_step(gen, z[i:i + 64], args.t0, cond[i:i + 64]) for i in range(0, args.n, 64)])
     x_tea = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, latents=z.clone(),
                  num_inference_steps=args.teacher_steps, guidance_scale=g_teacher, output_type="latent").images
     pixels = torch.stack([it["image"] for it in items]).float() / 127.5 - 1

@@ -156,7 +156,7 @@ def preflight(cfg: RunConfig, method: Method | None = None) -> Checked:
     if needy and not has_images(cfg.data):
         raise ConfigError(f"data.source: {cfg.data.source!r} has no images, but the {', '.join(needy)} phase(s) of "
                           f"method {cfg.method.name!r} train on image batches")
-    trained = method.recipe().trained_steps if hasattr(method, "recipe") else None
+    trained = method.trained_steps()
     if cfg.eval.enabled:
         check_trained_steps("eval.steps", cfg.eval.steps, trained)
     if cfg.validation.metrics:

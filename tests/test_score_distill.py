@@ -14,7 +14,7 @@ from fewstep.distill.config import ConfigError
 from fewstep.distill.loop import Trainer, preflight
 from fewstep.distill.methods.dmd import DMDMethod
 from fewstep.distill.methods.gan import GAN_HEAD
-from fewstep.distill.methods.generator import FAKE, generate, generator_timesteps
+from fewstep.distill.methods.generator import FAKE, generate, generator_step, generator_timesteps
 from fewstep.distill.methods.registry import REGISTRY
 from fewstep.distill.methods.score import denoising_loss
 from fewstep.distill.phases import plan_phases
@@ -223,6 +223,7 @@ def test_short_run_lowers_the_fake_score_loss(tmp_path, method):
     ("sid", "t_max", 1000, r"^method.t_max: must be a timestep in \[0, 1000\)"),
     ("dmd", "t_min", 980, r"^method.t_min \(980\) must be below method.t_max \(980\)"),
     ("dmd", "generator_steps", 0, r"^method.generator_steps: must be"),
+    ("dmd", "generator_timestep", 50, r"^method.generator_timestep: must be a timestep in \[100, 1000\)"),
     ("sid", "fake_samples", "both", r"^method.fake_samples"),
     ("vsd", "real_guidance", float("nan"), r"^method.real_guidance"),
     ("sid", "fake_caption_dropout", 0.0, r"^method.fake_caption_dropout: a guided fake score"),
@@ -233,6 +234,13 @@ def test_bad_settings_fail_at_config_time_naming_the_key(tmp_path, method, key, 
     with pytest.raises(ConfigError, match=match) as err:
         parse_config(raw)
     assert "\n" not in str(err.value)
+
+
+def test_a_moved_generator_timestep_needs_a_one_step_generator(tmp_path):
+    raw = run_dict(tmp_path, method="vsd")
+    raw["method"].update(generator_steps=4, generator_timestep=399)
+    with pytest.raises(ConfigError, match=r"^method.generator_timestep \(399\): only a 1-step generator"):
+        parse_config(raw)
 
 
 def test_gan_on_a_prompt_only_source_and_ema_on_a_lora_fail_before_any_model(tmp_path):
@@ -256,7 +264,7 @@ def test_tiny_configs_parse_and_pass_preflight(name, method, steps):
     cfg = load_config(ROOT / "configs" / "tiny" / f"{name}.yaml")
     checked = preflight(cfg)
     assert cfg.method.name == method and cfg.data.source == "procedural"
-    assert checked.method.recipe().trained_steps == steps
+    assert checked.method.trained_steps() == checked.method.recipe().trained_steps == steps
     gen, fake = plan_phases(checked.method.phases(), cfg.train)
     assert gen.name == "generator" and gen.phase.data == "prompts" and fake.name == FAKE
 
@@ -313,19 +321,46 @@ def test_export_matches_the_generator_in_plain_diffusers(tmp_path, base_dir, met
     assert (teacher - plain[1]).abs().max().item() > 1e-2
 
 
-def fewstep_latents_of_teacher(trainer, recipe):
-    """The teacher UNet run as a 1-step generator (what the student started from)."""
+def fewstep_latents_of_teacher(trainer, recipe, role="teacher", t0=None):
+    """The teacher UNet (or ``role``) run as a 1-step generator at 999 or ``t0``, the pipeline's noise."""
     from tests.test_export import PROMPTS
 
     from diffusers.utils.torch_utils import randn_tensor
 
     models = trainer.models
-    net = models["teacher"]
+    net = models[role]
     c = net.unet.config
     gens = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
     z = randn_tensor((len(PROMPTS), c.in_channels, c.sample_size, c.sample_size), generator=gens)
     with torch.no_grad():
-        return net(z, generator_timesteps(1).expand(len(PROMPTS)), models.encode_text(PROMPTS)).x0
+        return generator_step(net, z, int(generator_timesteps(1, first=t0)[0]), models.encode_text(PROMPTS))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_a_generator_at_its_own_timestep_exports_as_one_stock_ddim_step(tmp_path, base_dir, kind):
+    """DMD2's SDXL-style 1-step generator told its noise sits at t = 399: the export's stock DDIMScheduler
+    reproduces it in plain diffusers (default call, no timesteps passed), and it differs from a 999 one."""
+    from fewstep.pipelines.export import export_run
+    from fewstep.pipelines.teacher import load_pipeline
+    from tests.test_export import plain_diffusers_latents
+
+    raw = run_dict(tmp_path, method="dmd", steps=2, checkpoint_every=0, lr=1e-2)
+    raw["model"] = {"pretrained": str(base_dir)}
+    raw["student"] = {"kind": kind, "lora_rank": 4, "lora_alpha": 4}
+    raw["method"].update(fake_steps_per_generator=2, generator_timestep=399, ema_decay=0.5 if kind == "full" else 0.0)
+    cfg = parse_config(raw)
+    trainer = Trainer(cfg, load_pipeline(str(base_dir)))
+    trainer.train()
+    out = export_run(trainer.method, trainer.models, cfg, tmp_path / "export")
+    recipe = json.loads((out / "fewstep_recipe.json").read_text())
+    assert recipe["scheduler"] == "DDIMScheduler" and recipe["trained_steps"] == [1]
+    assert recipe["scheduler_kwargs"]["num_train_timesteps"] == 400
+    plain = plain_diffusers_latents(tmp_path, base_dir, out, [1])[1]
+    trainer.models.modules[trainer.models.module_of("target")].eval()
+    ours = fewstep_latents_of_teacher(trainer, None, role="target", t0=399)
+    assert (ours - plain).abs().max().item() <= 1e-4
+    assert (fewstep_latents_of_teacher(trainer, None, role="target") - plain).abs().max().item() > 1e-2
 
 
 @pytest.mark.slow

@@ -111,3 +111,33 @@ def test_generator_runs_where_the_exported_scheduler_evaluates(k, want):
                                    original_inference_steps=k)
     sched.set_timesteps(k)
     assert sched.timesteps.tolist() == generator_timesteps(k).tolist() == want
+
+
+@pytest.mark.parametrize("t0", [399, 199, 100])
+def test_a_one_step_generator_at_its_own_timestep_is_one_ddim_step_there(t0):
+    """The stock DDIMScheduler of :func:`one_step_ddim` evaluates the UNet at t0 and returns its x0
+    (the update to alpha_bar 1), which is the generator's output there."""
+    import diffusers
+
+    from fewstep.distill import schedules
+    from fewstep.distill.methods.generator import one_step_ddim
+
+    teacher = diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                      clip_sample=True, steps_offset=1)
+    sched = diffusers.DDIMScheduler.from_config(teacher.config, **one_step_ddim(t0, teacher.betas))
+    sched.set_timesteps(1)
+    assert sched.timesteps.tolist() == generator_timesteps(1, first=t0).tolist() == [t0]
+    assert torch.equal(sched.alphas_cumprod, teacher.alphas_cumprod[:t0 + 1])
+    g = torch.Generator().manual_seed(t0)
+    x, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    abar = teacher.alphas_cumprod[t0]
+    x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+    torch.testing.assert_close(sched.step(eps, t0, x).prev_sample, x0, atol=1e-6, rtol=1e-6)
+    t = torch.full((2,), t0)  # the generator's LCM-style boundary form, c_skip(t0) ~ 0
+    torch.testing.assert_close(schedules.consistency_function(x, x0, t), x0, atol=1e-5, rtol=0)
+
+
+def test_only_a_one_step_generator_moves_its_timestep():
+    assert generator_timesteps(1, first=999).tolist() == [999]
+    with pytest.raises(ValueError, match="only a 1-step generator"):
+        generator_timesteps(4, first=399)

@@ -64,6 +64,10 @@ class Method:
         """(diffusers pipeline, Recipe) that reproduces the trained model with stock classes."""
         raise NotImplementedError
 
+    def trained_steps(self) -> list[int] | None:
+        """The step counts the student is trained to run (None: any), known before any model is built."""
+        return self.recipe().trained_steps if hasattr(self, "recipe") else None
+
     def preview(self, models: ModelSet, batch: dict, seed: int) -> np.ndarray:
         """Validation images uint8 [N, H, W, 3]: by default, samples from the exported pipeline."""
         pipe, recipe = self.to_pipeline(models)

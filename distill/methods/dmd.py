@@ -80,14 +80,14 @@ class DMDMethod(ScoreDistillation):
         return loss, logs
 
     def regression(self, models, n: int) -> torch.Tensor:
-        """The regression loss on ``n`` pairs drawn uniformly: the generator's first step (t = 999)
+        """The regression loss on ``n`` pairs drawn uniformly: the generator's first step (t = 999 or its own)
         from the pair's noise against the teacher's sample."""
         if self.pairs is None:
             raise RuntimeError("method.regression_weight is on but setup() made no pairs")
         idx = rng.randint(0, len(self.pairs.noise), n)
         cond = models.encode_text([self.pairs.captions[i] for i in idx.tolist()])
         z = self.pairs.noise[idx].to(cond.device)
-        t0 = int(generator_timesteps(self.config.generator_steps)[0])
+        t0 = int(generator_timesteps(self.config.generator_steps, first=self.config.generator_timestep)[0])
         return regression_loss(generator_step(models["student"], z, t0, cond), self.pairs.latents[idx].to(cond.device))
 
     def fake_score_loss(self, models, batch):

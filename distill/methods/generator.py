@@ -3,7 +3,9 @@ fake score that learns the generator's distribution, their two phases, their rol
 
 * The generator is the student UNet run as LCMScheduler runs it with ``original_inference_steps``
   equal to its step count K: at t_0 = 999 on pure noise, then (K > 1) re-noised to each next
-  t_i = T - 1 - i T / K with fresh noise (DMD2's 4-step generator 999, 749, 499, 249). Training
+  t_i = T - 1 - i T / K with fresh noise (DMD2's 4-step generator 999, 749, 499, 249). A 1-step
+  generator may instead be told its noise sits at a lower t_0 (``generator_timestep``; DMD2's SDXL
+  1-step model: 399), exported as a one-step DDIMScheduler on the schedule cut at t_0. Training
   sees what inference sees through *backward simulation* (DMD2, Yin et al. 2024b, Sec. 4.5): a step
   index k is drawn per iteration, steps 0 .. k-1 run without gradient from pure noise, and step k
   runs with gradient.
@@ -37,11 +39,28 @@ from fewstep.distill.students import EXPORTED_ROLE, build_students
 FAKE = "fake_score"  # the role of the fake score network (an adapter, or a full copy of the teacher)
 
 
-def generator_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> torch.Tensor:
+def generator_timesteps(num_steps: int, num_train_timesteps: int = 1000, first: int | None = None) -> torch.Tensor:
     """Where a K-step generator is evaluated: the timesteps LCMScheduler runs with
     ``original_inference_steps = K`` ([999] for one step, [999, 749, 499, 249] for four), so training
-    and the exported scheduler agree."""
+    and the exported scheduler agree; ``first`` (1-step only) moves the one step to that timestep."""
+    if first is not None and first != num_train_timesteps - 1:
+        if num_steps != 1:
+            raise ValueError(f"only a 1-step generator runs at a timestep of its own, not {num_steps} steps")
+        return torch.tensor([int(first)])
     return schedules.consistency_timesteps(num_steps, num_steps, num_train_timesteps)
+
+
+def one_step_ddim(timestep: int, betas: torch.Tensor) -> dict:
+    """DDIMScheduler settings whose default single step evaluates the UNet at ``timestep`` and returns its
+    x0: the teacher's schedule ``betas`` cut to its first ``timestep + 1`` entries (the same alpha_bar
+    there) puts a "trailing" step at ``timestep``, and with ``set_alpha_to_one`` the step's target
+    alpha_bar is 1, so DDIM's update is x0 itself (unclipped, unthresholded, as trained). A stock
+    pipeline resets ``steps_offset`` to 1 when it loads a scheduler, so that cannot carry the timestep."""
+    n = int(timestep) + 1
+    if not 0 < n <= len(betas):
+        raise ValueError(f"timestep {timestep} is outside the teacher's {len(betas)} training timesteps")
+    return {"num_train_timesteps": n, "trained_betas": [float(b) for b in betas[:n]], "timestep_spacing": "trailing",
+            "set_alpha_to_one": True, "rescale_betas_zero_snr": False, "clip_sample": False, "thresholding": False}
 
 
 def generator_step(student, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
@@ -52,7 +71,7 @@ def generator_step(student, x: torch.Tensor, t: int, cond: torch.Tensor) -> torc
 
 
 def generate(models: ModelSet, cond: torch.Tensor, num_steps: int = 1, grad_step: int | None = None,
-             role: str = "student") -> torch.Tensor:
+             role: str = "student", first: int | None = None) -> torch.Tensor:
     """Samples of the K-step generator from fresh pure noise.
 
     Args:
@@ -62,6 +81,7 @@ def generate(models: ModelSet, cond: torch.Tensor, num_steps: int = 1, grad_step
         grad_step: Backward simulation: run steps ``0 .. grad_step - 1`` without gradient and return
             the x0 of step ``grad_step`` (with gradient if the role trains). ``None``: all K steps,
             i.e. what the exported pipeline returns.
+        first: A 1-step generator's own timestep (:func:`generator_timesteps`); None: 999.
 
     Returns:
         Clean latents ``[B, C, H, W]``.
@@ -69,7 +89,7 @@ def generate(models: ModelSet, cond: torch.Tensor, num_steps: int = 1, grad_step
     student = models[role]
     c = student.unet.config
     T = student.alphas_cumprod.shape[0]
-    ts = generator_timesteps(num_steps, T).tolist()
+    ts = generator_timesteps(num_steps, T, first).tolist()
     last = num_steps - 1 if grad_step is None else grad_step
     x = rng.randn(len(cond), c.in_channels, c.sample_size, c.sample_size, device=cond.device)
     with torch.no_grad():
@@ -138,7 +158,7 @@ class ScoreDistillation(Method):
         """The generator's x0 with gradient, at a uniformly drawn step (backward simulation)."""
         k = self.config.generator_steps
         step = int(torch.randint(0, k, ())) if k > 1 else 0
-        return generate(models, cond, k, grad_step=step)
+        return generate(models, cond, k, grad_step=step, first=self.config.generator_timestep)
 
     # ---- the fake score ----------------------------------------------------------------------------
     def fake_samples(self, models: ModelSet, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -183,12 +203,22 @@ class ScoreDistillation(Method):
         return models[FAKE](x_t, t, cond) if g == 1 else models[FAKE](x_t, t, cond, uncond=uncond, guidance=g)
 
     # ---- export ----------------------------------------------------------------------------------------
-    def recipe(self) -> Recipe:
+    def trained_steps(self) -> list[int]:
+        k = self.config.generator_steps
+        return sorted({1, k})
+
+    def recipe(self, scheduler=None) -> Recipe:
         """LCMScheduler with ``original_inference_steps`` = K evaluates exactly the generator's
         timesteps and re-noises between them as :func:`generate` does. A K-step generator is trained
-        for K steps and, through its first step, for 1."""
-        k = self.config.generator_steps
-        return Recipe("LCMScheduler", {"original_inference_steps": k}, k, 1.0, trained_steps=sorted({1, k}))
+        for K steps and, through its first step, for 1. A
+        1-step generator at its own timestep exports as :func:`one_step_ddim` on the teacher's
+        ``scheduler``'s betas (needed then)."""
+        k, t0 = self.config.generator_steps, self.config.generator_timestep
+        if k == 1 and t0 != 999:
+            if scheduler is None:
+                raise ValueError("the recipe of a generator at its own timestep needs the teacher's scheduler")
+            return Recipe("DDIMScheduler", one_step_ddim(t0, scheduler.betas), 1, 1.0, trained_steps=[1])
+        return Recipe("LCMScheduler", {"original_inference_steps": k}, k, 1.0, trained_steps=self.trained_steps())
 
     def to_pipeline(self, models: ModelSet):
-        return pipeline_with(models, unet=models[EXPORTED_ROLE].unet), self.recipe()
+        return pipeline_with(models, unet=models[EXPORTED_ROLE].unet), self.recipe(models.pipe.scheduler)

@@ -108,6 +108,13 @@ class ScoreConfig:
     # K: the generator's steps, at LCMScheduler's timesteps for original_inference_steps = K (999 for
     # K = 1; 999, 749, 499, 249 for K = 4); K > 1 trains with backward simulation (DMD2 Sec. 4.5)
     generator_steps: int = ranged(1, ge=1, le=1000)
+    # the timestep a 1-step generator is told its pure-noise input sits at (DMD2's SDXL 1-step model:
+    # 399, "conditioning_timestep"); 999 = T - 1 is the schedule's own end. With an eps teacher the x0
+    # of a step at t divides by sqrt(alpha_bar_t) (0.068 at 999, 0.65 at 399 on SD's schedule), so a
+    # lower timestep amplifies the generator's errors less. Exported as DDIMScheduler whose one step
+    # runs there (timestep_spacing "leading", steps_offset t, set_alpha_to_one): its x0, which the
+    # generator's LCM-style boundary form c_skip z + c_out x0 equals to < 1e-6 only from t = 100 up
+    generator_timestep: int = ranged(999, ge=100, lt=1000, what="a timestep")
     # TTUR: fake-score optimizer steps per generator step (DMD2 Sec. 4.2: 5-10; SiD: 1)
     fake_steps_per_generator: int = ranged(1, ge=1)
     # the fake score's training samples: "fresh" generator samples per fake step (DMD2), or the
@@ -138,6 +145,10 @@ class ScoreConfig:
     def check(self) -> None:
         if self.t_min >= self.t_max:
             raise ConfigError(f"method.t_min ({self.t_min}) must be below method.t_max ({self.t_max})")
+        if self.generator_timestep != 999 and self.generator_steps != 1:
+            raise ConfigError(f"method.generator_timestep ({self.generator_timestep}): only a 1-step generator can move "
+                              f"its timestep (a stock scheduler runs a {self.generator_steps}-step generator at "
+                              f"999 first); set method.generator_steps: 1 or leave it at 999")
         if (self.fake_guidance != 1 or self.fake_train_guidance != 1) and self.fake_caption_dropout == 0:
             raise ConfigError("method.fake_caption_dropout: a guided fake score (fake_guidance or fake_train_guidance "
                               "!= 1) needs an unconditional branch trained on empty captions; set it > 0 (SiD-LSG: 0.1)")
