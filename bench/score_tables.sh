@@ -23,10 +23,10 @@ train() {  # config name, run name, extra --set assignments
 mkdir -p "$RUNS"
 { train lcm_lora tiny-lcm-lora-1800 train.steps=1800 train.lr_schedule=cosine
   train dmd_from_lcm tiny-dmd-from-lcm student.init_lora="$RUNS/tiny-lcm-lora-1800/export"; } &
-{ train vsd_lora tiny-vsd-lora; train dmd tiny-dmd; train sid tiny-sid; train dmd_4step tiny-dmd-4step; } &
+{ train vsd tiny-vsd; train dmd tiny-dmd; train sid tiny-sid; train vsd_lora tiny-vsd-lora; train dmd_4step tiny-dmd-4step; } &
 wait
 students=()
-for kind in dmd dmd-from-lcm dmd-4step sid vsd-lora; do
+for kind in dmd dmd-from-lcm dmd-4step sid vsd vsd-lora; do
   [ -d "$RUNS/tiny-$kind/export" ] && students+=(--student "$kind=$RUNS/tiny-$kind")
 done
 "$PY" bench/student_quality.py --family score ${WHICH:+--$WHICH} "${students[@]}" \

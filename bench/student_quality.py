@@ -47,7 +47,7 @@ FAMILIES = {
     # issue 10: DMD2 and SiD beat the best consistency student at 1 step (given with --against
     # consistency-best=REPORT: today LCM-LoRA with TSCD's budget, BENCHMARKS.md); VSD >= 0.85x
     "score": {
-        "targets": {"vsd-lora": {1: 0.85}, "dmd": {}, "dmd-from-lcm": {}, "dmd-4step": {}, "sid": {}},
+        "targets": {"vsd-lora": {1: 0.85}, "vsd": {1: 0.85}, "dmd": {}, "dmd-from-lcm": {}, "dmd-4step": {}, "sid": {}},
         "better_than": {k: ("consistency-best", (1,)) for k in ("dmd", "dmd-from-lcm", "sid")},
         "strict": True,
     },
