@@ -18,6 +18,14 @@ from fewstep.distill.sampling import Recipe, apply_recipe, generate, save_grid
 from fewstep.pipelines.errors import LoraBaseError
 
 
+def card_value(v) -> str:
+    """A scheduler setting as the card shows it: a long list (a schedule's betas) by its length and ends;
+    the exact values are in scheduler/scheduler_config.json."""
+    if isinstance(v, (list, tuple)) and len(v) > 6:
+        return f"[{v[0]!r}, ..., {v[-1]!r}] ({len(v)} values, in scheduler/scheduler_config.json)"
+    return repr(v)
+
+
 def model_card(title: str, base_model: str | None, recipe: Recipe, body: str, tags: list[str],
                load: str | None = None) -> str:
     """README.md with the YAML front matter the Hugging Face hub and diffusers read. ``load``: the usage
@@ -26,9 +34,9 @@ def model_card(title: str, base_model: str | None, recipe: Recipe, body: str, ta
              "tags": ["text-to-image", "diffusers", "fewstep", *tags]}
     if base_model:
         front["base_model"] = base_model
-    kwargs = "".join(f", {k}={v!r}" for k, v in recipe.scheduler_kwargs.items())
+    kwargs = "".join(f", {k}={card_value(v)}" for k, v in recipe.scheduler_kwargs.items())
     load = load or ("pipe = diffusers.StableDiffusionPipeline.from_pretrained(PATH)  # carries its scheduler:\n"
-                    f"# {recipe.scheduler}{recipe.scheduler_kwargs or ''}\n")
+                    f"# {recipe.scheduler}{kwargs}\n")
     usage = ("```python\nimport torch, diffusers\n" + load +
              f"image = pipe(PROMPT, num_inference_steps={recipe.steps}, guidance_scale={recipe.guidance}).images[0]\n"
              "```\n")

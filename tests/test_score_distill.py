@@ -356,6 +356,9 @@ def test_a_generator_at_its_own_timestep_exports_as_one_stock_ddim_step(tmp_path
     recipe = json.loads((out / "fewstep_recipe.json").read_text())
     assert recipe["scheduler"] == "DDIMScheduler" and recipe["trained_steps"] == [1]
     assert recipe["scheduler_kwargs"]["num_train_timesteps"] == 400
+    card = (out / "README.md").read_text()  # the 400 betas are named, not printed, in the card
+    assert "trained_betas=[" in card and "(400 values, in scheduler/scheduler_config.json)" in card
+    assert len(card) < 8000, len(card)
     plain = plain_diffusers_latents(tmp_path, base_dir, out, [1])[1]
     trainer.models.modules[trainer.models.module_of("target")].eval()
     ours = fewstep_latents_of_teacher(trainer, None, role="target", t0=399)
