@@ -65,6 +65,12 @@ class TestSidFull(MethodContract):
     extra = {"fake_samples": "handover"}
 
 
+class TestSidGanLora(MethodContract):  # SiDA: SiD's loss through both scores plus the adversarial term
+    method = "sid"
+    student = {"kind": "lora"}
+    extra = {"gan_weight": 0.01}
+
+
 # ---- in the loop ---------------------------------------------------------------------------------
 def make_trainer(tmp_path, steps, kind="lora", method="dmd", train=None, **settings):
     raw = run_dict(tmp_path, method=method, steps=steps, checkpoint_every=0, **(train or {}))
@@ -130,8 +136,9 @@ def test_ttur_ratio_handover_and_frozen_teacher(tmp_path, method, kind, settings
     assert all(f"{FAKE}/loss" in r and "generator/loss" in r for r in logs)
 
 
-def test_gan_head_trains_with_the_fake_score_on_real_images(tmp_path):
-    trainer = make_trainer(tmp_path, steps=2, kind="lora", gan_weight=0.1, fake_steps_per_generator=2)
+@pytest.mark.parametrize("method", ["dmd", "sid"])
+def test_gan_head_trains_with_the_fake_score_on_real_images(tmp_path, method):
+    trainer = make_trainer(tmp_path, steps=2, kind="lora", method=method, gan_weight=0.1, fake_steps_per_generator=2)
     head = [p.detach().clone() for p in trainer.models[GAN_HEAD].parameters()]
     steps, calls = record(trainer)
     trainer.train()

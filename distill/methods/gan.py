@@ -1,13 +1,14 @@
-"""DMD2's GAN term (Yin et al. 2024b, Sec. 4.3): a small classification head on the fake score UNet's
-bottleneck (mid-block) features of noised samples, trained to tell real images from generator
-samples with the non-saturating logistic loss (Goodfellow et al. 2014), while the generator is
-trained to fool it through the frozen fake UNet."""
+"""The adversarial term of score distillation (DMD2, Yin et al. 2024b, Sec. 4.3; SiDA, Zhou et al. 2025,
+for SiD): a small classification head on the fake score UNet's bottleneck (mid-block) features of
+noised samples, trained to tell real images from generator samples with the non-saturating logistic
+loss (Goodfellow et al. 2014), while the generator is trained to fool it through the fake UNet."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewstep.distill.config import ConfigError
 from fewstep.distill.modelset import ModelSet
 
 GAN_HEAD = "gan_head"  # the role of the classification head
@@ -68,3 +69,13 @@ def gan_losses(fake_logits: torch.Tensor, real_logits: torch.Tensor | None = Non
     if real_logits is None:
         return gen, None
     return gen, F.softplus(fake_logits).mean() + F.softplus(-real_logits.float()).mean()
+
+
+def check_real_size(sample_size: int, factor: int, image) -> None:
+    """The head compares real images with generator samples, which come at the UNet's native size
+    (what the exported pipeline makes): the data's images must encode to that latent size."""
+    side = image.moments.shape[-1] if hasattr(image, "moments") else image.shape[-1] // factor
+    if side != sample_size:
+        raise ConfigError(f"data.resolution: the GAN term (method.gan_weight) needs real images at the generator's "
+                          f"size {sample_size * factor} px (the teacher UNet's sample_size {sample_size} x "
+                          f"{factor}); the data gives {side * factor} px")

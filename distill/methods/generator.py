@@ -12,6 +12,10 @@ fake score that learns the generator's distribution, their two phases, their rol
 * The fake score is trained with the denoising loss on the generator's detached samples: those the
   generator phase of the iteration handed over, or fresh ones per fake step (DMD2's choice).
   The two time-scale update rule (``fake_steps_per_generator``) is the phase's ``repeats``.
+* Optionally an adversarial term (``gan_weight``; DMD2 Sec. 4.3, and SiDA, Zhou et al. 2025, for SiD):
+  a small classifier head on the fake score's bottleneck features tells noised real images from
+  noised generator samples; it trains in the fake-score phase (whose batches then carry images) and
+  the generator gets the non-saturating loss through the fake UNet, added to its objective.
 * A LoRA student and a LoRA fake score are two adapters on one frozen UNet whose base weights are
   the teacher (no second or third copy); a full student gets a full fake score, a trainable copy of
   the teacher UNet. An EMA of a full generator (``ema_decay``) is what ships.
@@ -27,10 +31,12 @@ import torch
 
 from fewstep.distill import rng, schedules
 from fewstep.distill.config import ConfigError, PhaseConfig, StudentConfig
+from fewstep.distill.data import first_items
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.methods.base import LossOutput, Method, Recipe, pipeline_with
-from fewstep.distill.methods.common import encode_prompts
+from fewstep.distill.methods.common import encode_prompts, noised
 from fewstep.distill.methods.denoise import snr_weight
+from fewstep.distill.methods.gan import GAN_HEAD, add_gan_head, check_real_size, gan_logits, gan_losses
 from fewstep.distill.methods.score import denoising_loss
 from fewstep.distill.modelset import ModelSet
 from fewstep.distill.phases import Phase
@@ -103,7 +109,8 @@ def generate(models: ModelSet, cond: torch.Tensor, num_steps: int = 1, grad_step
 class ScoreDistillation(Method):
     """Phases ``generator`` (captions only) and ``fake_score`` (TTUR repeats); subclasses implement
     :meth:`generator_objective`. Settings read from ``self.config``: ``generator_steps``,
-    ``fake_steps_per_generator``, ``fake_samples``, ``fake_train_guidance``, ``ema_decay``."""
+    ``fake_steps_per_generator``, ``fake_samples``, ``fake_train_guidance``, ``ema_decay``,
+    ``gan_weight``, ``gan_head_weight``."""
 
     def __init__(self, config, student=None):
         super().__init__(config, student)
@@ -114,13 +121,23 @@ class ScoreDistillation(Method):
     # ---- the contract ----------------------------------------------------------------------------
     def phases(self) -> tuple[Phase, ...]:
         fake_data = "prompts" if self.config.fake_samples == "fresh" else "none"
+        fake_roles = (FAKE,)
+        if self.gan:  # the head trains with the fake score, on the batch's real images
+            fake_data, fake_roles = "batch", (FAKE, GAN_HEAD)
         return (Phase("generator", ("student",), data="prompts"),
-                Phase(FAKE, (FAKE,), data=self.fake_data_need(fake_data),
-                      defaults=PhaseConfig(repeats=self.config.fake_steps_per_generator)))
+                Phase(FAKE, fake_roles, data=fake_data, defaults=PhaseConfig(repeats=self.config.fake_steps_per_generator)))
 
-    def fake_data_need(self, need: str) -> str:
-        """What the fake-score phase reads; a method whose fake phase needs images says so here."""
-        return need
+    @property
+    def gan(self) -> bool:
+        return self.config.gan_weight > 0
+
+    def check_native_size(self, dataset, sample_size: int, vae_factor: int) -> None:
+        if self.gan:
+            check_real_size(sample_size, vae_factor, first_items(dataset, 1)[0]["image"])
+
+    def setup(self, models, dataset) -> None:
+        if self.gan:  # again here: a hub teacher with no local config is checked only now
+            self.check_native_size(dataset, models["student"].unet.config.sample_size, models.pipe.vae_scale_factor)
 
     def fake_adapter_config(self) -> StudentConfig | None:
         """The fake score's LoRA settings (``fake_lora_*``), or None for the student's kind."""
@@ -134,11 +151,14 @@ class ScoreDistillation(Method):
     def build(self, pipe) -> ModelSet:
         fake_lora = self.fake_adapter_config()
         if self.student_config.kind == "lora" or fake_lora is not None:
-            return build_students(pipe, self.student_config, target_ema=self.config.ema_decay, adapters=(FAKE,),
-                                  adapter_config=fake_lora)
-        models = build_students(pipe, self.student_config, target_ema=self.config.ema_decay)
-        fake = copy.deepcopy(pipe.unet).train().requires_grad_(True)
-        models[FAKE] = Denoiser(fake, pipe.scheduler.config)
+            models = build_students(pipe, self.student_config, target_ema=self.config.ema_decay, adapters=(FAKE,),
+                                    adapter_config=fake_lora)
+        else:
+            models = build_students(pipe, self.student_config, target_ema=self.config.ema_decay)
+            fake = copy.deepcopy(pipe.unet).train().requires_grad_(True)
+            models[FAKE] = Denoiser(fake, pipe.scheduler.config)
+        if self.gan:
+            add_gan_head(models, FAKE)
         return models
 
     def loss(self, models: ModelSet, batch: dict, phase: str, step: int) -> LossOutput:
@@ -146,6 +166,11 @@ class ScoreDistillation(Method):
             cond, uncond = encode_prompts(models, batch["captions"])
             x0 = self.training_samples(models, cond)
             loss, logs = self.generator_objective(models, x0, cond, uncond, batch)
+            if self.gan:  # the non-saturating generator loss through the fake score's bottleneck
+                t = rng.randint(self.config.t_min, self.config.t_max + 1, len(x0), x0.device)
+                gen_loss, _ = gan_losses(fake_logits=gan_logits(models, noised(models[FAKE], x0, t), t, cond))
+                loss = loss + self.config.gan_weight * gen_loss
+                logs["gan"] = gen_loss.item()
             return LossOutput(loss, logs, handover={"x0": x0.detach(), "cond": cond})
         return self.fake_score_loss(models, batch)
 
@@ -176,8 +201,19 @@ class ScoreDistillation(Method):
                          "none were handed over and the batch has no captions to make them from")
 
     def fake_score_loss(self, models: ModelSet, batch: dict) -> LossOutput:
+        """The fake score's denoising loss, plus the GAN head's loss on the same generator samples
+        against the batch's real images when the adversarial term is on."""
         x0, cond, uncond = self.fake_samples(models, batch)
-        return LossOutput(self.fake_denoising_loss(models, x0, cond, uncond))
+        loss = self.fake_denoising_loss(models, x0, cond, uncond)
+        if not self.gan:
+            return LossOutput(loss)
+        real = models.encode_images(batch["pixels"])
+        t = rng.randint(self.config.t_min, self.config.t_max + 1, len(x0), x0.device)
+        with torch.no_grad():
+            fake_in, real_in = noised(models[FAKE], x0, t), noised(models[FAKE], real, t)
+        _, head_loss = gan_losses(fake_logits=gan_logits(models, fake_in, t, cond),
+                                  real_logits=gan_logits(models, real_in, t, cond))
+        return LossOutput(loss + self.config.gan_head_weight * head_loss, {"gan_head": head_loss.item()})
 
     def fake_denoising_loss(self, models: ModelSet, x0: torch.Tensor, cond: torch.Tensor,
                             uncond: torch.Tensor) -> torch.Tensor:

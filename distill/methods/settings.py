@@ -111,9 +111,9 @@ class ScoreConfig:
     # the timestep a 1-step generator is told its pure-noise input sits at (DMD2's SDXL 1-step model:
     # 399, "conditioning_timestep"); 999 = T - 1 is the schedule's own end. With an eps teacher the x0
     # of a step at t divides by sqrt(alpha_bar_t) (0.068 at 999, 0.65 at 399 on SD's schedule), so a
-    # lower timestep amplifies the generator's errors less. Exported as DDIMScheduler whose one step
-    # runs there (timestep_spacing "leading", steps_offset t, set_alpha_to_one): its x0, which the
-    # generator's LCM-style boundary form c_skip z + c_out x0 equals to < 1e-6 only from t = 100 up
+    # lower timestep amplifies the generator's errors less. Exported as a one-step DDIMScheduler on the
+    # teacher's betas cut at t (methods.generator.one_step_ddim): its x0, which the generator's
+    # LCM-style boundary form c_skip z + c_out x0 equals to < 1e-6 only from t = 100 up
     generator_timestep: int = ranged(999, ge=100, lt=1000, what="a timestep")
     # TTUR: fake-score optimizer steps per generator step (DMD2 Sec. 4.2: 5-10; SiD: 1)
     fake_steps_per_generator: int = ranged(1, ge=1)
@@ -141,6 +141,11 @@ class ScoreConfig:
     fake_lora_rank: int = ranged(0, ge=0, le=1024)
     fake_lora_alpha: float = ranged(0.0, ge=0.0)  # 0: equal to the rank
     fake_lora_targets: list[str] = field(default_factory=list)  # empty: the student's student.lora_targets
+    # the adversarial term (DMD2 Sec. 4.3; SiDA for SiD): a classifier head on the fake score's bottleneck
+    # features of noised generator samples vs noised real images; 0: off. It needs a data source with
+    # images at the generator's size.
+    gan_weight: float = ranged(0.0, ge=0.0)  # generator's non-saturating loss weight (DMD2 SDXL 5e-3)
+    gan_head_weight: float = ranged(0.01, ge=0.0)  # the head's loss weight in the fake-score phase (DMD2 1e-2)
 
     def check(self) -> None:
         if self.t_min >= self.t_max:
@@ -157,10 +162,6 @@ class ScoreConfig:
 @dataclass
 class DMDConfig(ScoreConfig):
     fake_steps_per_generator: int = ranged(5, ge=1)  # DMD2: 5 (SD1.5 launch scripts: 10)
-    # the GAN term (DMD2 Sec. 4.3): a classifier head on the fake score's bottleneck features of
-    # noised generator samples vs noised real images; 0: off. It needs a data source with images.
-    gan_weight: float = ranged(0.0, ge=0.0)  # generator's non-saturating loss weight (DMD2 SDXL 5e-3)
-    gan_head_weight: float = ranged(0.01, ge=0.0)  # the head's loss weight in the fake-score phase (DMD2 1e-2)
     # DMD's regression term (DMD, Yin et al. 2024, Eq. 9): the 1-step generator from the noise of
     # teacher (noise, sample) pairs, pulled toward the teacher's samples (latent MSE where DMD uses
     # LPIPS); 0: off. The pairs are made once before training from the data's first captions.
