@@ -2,6 +2,8 @@
 that the LoRA student holds no second copy of the UNet (issue 13, target 4).
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/lcm_memory.py --out bench/results/lcm-memory
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/lcm_memory.py --setups sd15 --gradient-checkpointing both \
+        --out bench/results/lcm-memory-gc
 
 Writes <out>/memory.json and <out>/memory.md and prints the table. Setups (``--setups``):
 
@@ -22,6 +24,14 @@ encode, AdamW and grad clipping). Before every step freed heap is returned to th
 kernel's peak mark is reset (score_cost.py's ``reset_peak``); after it VmHWM is read: the step's true
 peak resident memory. Reported: the last step's peak minus the baseline (steady state: AdamW's
 states exist from the first step on), and the ratio LCM-LoRA step / teacher forward + backward.
+
+``--gradient-checkpointing`` ``off`` (default), ``on`` or ``both``: the LCM-LoRA step runs with
+``train.gradient_checkpointing`` false / true / each in its own subprocess (one table line each, against
+the same teacher measurement). The teacher's forward + backward, the target's reference, never
+checkpoints: it is the teacher's own cost. ``--retain`` runs every measurement as ``fewstep train``
+does (fewstep's malloc thresholds, only the peak mark reset, as bench/growth.py): step times without
+the heap trimming's page faults; its peaks include retained heap, so the memory verdict uses the
+default (trimmed) runs.
 
 The copy check runs in the LCM-LoRA worker after its iterations: the UNet2DConditionModel objects
 alive in the process (``gc``), the bytes of distinct tensor storages behind their parameters
@@ -60,15 +70,16 @@ NATIVE = 32  # the frozen stand-in VAE's largest latent: procedural images are 3
 
 
 # ---- the run -------------------------------------------------------------------------------------
-def lcm_config(setup: str, out_dir, steps: int, batch: int, tiny: dict | None):
+def lcm_config(setup: str, out_dir, steps: int, batch: int, tiny: dict | None, checkpointing: bool = False):
     """A run with the method and student of ``setup``'s shipped LCM-LoRA config, on procedural data,
-    fp32, no warm-up, nothing periodic."""
+    fp32, no warm-up, nothing periodic; ``checkpointing``: ``train.gradient_checkpointing``."""
     from fewstep.distill.config import read_yaml
     from fewstep.distill.run_config import parse_config
 
     raw = read_yaml(CONFIGS[setup])
     train = {"steps": steps, "batch_size": batch, "lr": raw["train"]["lr"], "lr_warmup_steps": 0,
-             "mixed_precision": "no", "log_every": 10 ** 6, "checkpoint_every": 0, "validation_every": 0, "seed": 0}
+             "mixed_precision": "no", "log_every": 10 ** 6, "checkpoint_every": 0, "validation_every": 0, "seed": 0,
+             "gradient_checkpointing": checkpointing}
     model = {"pretrained": raw["model"]["pretrained"]} if tiny is None else {"tiny": tiny}
     return parse_config({"name": f"{setup}-lcm-lora", "output_dir": str(out_dir), "method": raw["method"],
                          "student": raw["student"], "model": model, "data": {"source": "procedural", "seed": 0},
@@ -129,7 +140,7 @@ def optimizer_bytes(trainer) -> int:
 
 def step_worker(spec: dict) -> dict:
     """One measurement (module docstring); ``spec``: setup, variant (teacher | lcm), batch, latent,
-    warmup, iterations, retain, min_free_gb."""
+    warmup, iterations, retain, min_free_gb, checkpointing (optional, default false)."""
     import peft  # noqa: F401 (imported before the baseline, as the loop below is)
 
     from fewstep.distill import loop  # noqa: F401
@@ -170,7 +181,7 @@ def step_worker(spec: dict) -> dict:
             del x
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = lcm_config(spec["setup"], tmp, n, B, tiny)
+            cfg = lcm_config(spec["setup"], tmp, n, B, tiny, spec.get("checkpointing", False))
             trainer = quiet_trainer(cfg, pipe)
             if latent > NATIVE and spec["setup"] == "sd15":
                 resize_latents(trainer.models, latent)
@@ -187,6 +198,7 @@ def step_worker(spec: dict) -> dict:
             trainer.train()
             extra = {"census": unet_census(trainer.models, bare), "adam_state_bytes": optimizer_bytes(trainer),
                      "trained_params": sum(p.numel() for ps in trainer.params.values() for p in ps),
+                     "checkpointing_on": bool(trainer.models["unet"].unet.is_gradient_checkpointing),
                      "phases": [p.name for p in trainer.plans]}
     timed = steps[spec["warmup"]:]
     return {**spec, **extra, "base_rss": base, "bare_unet_bytes": bare, "steps": steps,
@@ -211,9 +223,10 @@ def need_bytes(setup: str, variant: str, batch: int, latent: int) -> int:
     return p + act + (GIB if variant == "lcm" else 0)
 
 
-def measure(setup: str, variant: str, batch: int, latent: int, args) -> dict:
+def measure(setup: str, variant: str, batch: int, latent: int, args, checkpointing: bool = False) -> dict:
     spec = {"setup": setup, "variant": variant, "batch": batch, "latent": latent, "warmup": args.warmup,
-            "iterations": args.iterations, "retain": False, "min_free_gb": args.min_free_gb}
+            "iterations": args.iterations, "retain": args.retain, "min_free_gb": args.min_free_gb,
+            "checkpointing": checkpointing}
     need, free = need_bytes(setup, variant, batch, latent), mem_available()
     if need + args.min_free_gb * GIB > free:
         return {**spec, "skipped": f"needs about {need / GIB:.1f} GiB, {free / GIB:.1f} GiB free"}
@@ -227,22 +240,26 @@ def held(r: dict) -> int:
     return r["steps"][-1]["rss_start"] - r["base_rss"]
 
 
+STEP_VARIANTS = {"lcm": "off", "lcm_gc": "on"}  # a row's LCM-LoRA measurements: key -> gradient checkpointing
+
+
 def table(rows: list[dict]) -> str:
-    head = ["setup", "latent (px)", "batch", "teacher fwd+bwd (GiB)", "LCM-LoRA step (GiB)", "step / teacher",
-            "target <= 1.2x", "held between steps: teacher / step (GiB)", "UNets in process",
+    head = ["setup", "latent (px)", "batch", "gradient checkpointing", "teacher fwd+bwd (GiB)", "LCM-LoRA step (GiB)",
+            "step / teacher", "target <= 1.2x", "held between steps: teacher / step (GiB)", "UNets in process",
             "base-weight copies", "LoRA + AdamW states (MiB)", "step s (CPU s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for r in rows:
-        t, s = r["teacher"], r["lcm"]
+    for r, key in ((r, k) for r in rows for k in STEP_VARIANTS if k in r):
+        t, s = r["teacher"], r[key]
         px = r["latent"] * (4 if r["setup"] == "tiny-sd" else 8)
         if "skipped" in t or "skipped" in s:
             why = t.get("skipped") or s.get("skipped")
-            lines.append(f"| {r['setup']} | {r['latent']} ({px}) | {r['batch']} | not measured: {why} |"
-                         + " |" * (len(head) - 4))
+            lines.append(f"| {r['setup']} | {r['latent']} ({px}) | {r['batch']} | {STEP_VARIANTS[key]} | "
+                         f"not measured: {why} |" + " |" * (len(head) - 5))
             continue
         c = s["census"]
         ratio = s["net_peak"] / t["net_peak"]
-        lines.append(f"| {r['setup']} | {r['latent']} ({px}) | {r['batch']} | {t['net_peak'] / GIB:.3f} | "
+        lines.append(f"| {r['setup']} | {r['latent']} ({px}) | {r['batch']} | {STEP_VARIANTS[key]} | "
+                     f"{t['net_peak'] / GIB:.3f} | "
                      f"{s['net_peak'] / GIB:.3f} | {ratio:.2f}x | {'holds' if ratio <= 1.2 else 'missed'} | "
                      f"{held(t) / GIB:.3f} / {held(s) / GIB:.3f} | "
                      f"{c['unet_instances']} | {c['base_copies']:g} | "
@@ -260,6 +277,10 @@ def main(argv=None) -> int:
     ap.add_argument("--latent", type=int, default=32, help="SD1.5's latent side (32: 256 px)")
     ap.add_argument("--warmup", type=int, default=1, help="steps before the one measured")
     ap.add_argument("--iterations", type=int, default=1, help="steps measured (the last one's peak is reported)")
+    ap.add_argument("--gradient-checkpointing", choices=("off", "on", "both"), default="off",
+                    help="the LCM-LoRA step with train.gradient_checkpointing false, true, or one line each")
+    ap.add_argument("--retain", action="store_true", help="fewstep train's malloc retention, no heap trimming "
+                    "(step times as a real run; peaks then include retained heap)")
     args = worker_options(ap, argv, min_free_gb=2.0)
     if args.worker:
         print(json.dumps(step_worker(json.loads(args.worker))))
@@ -270,10 +291,12 @@ def main(argv=None) -> int:
         latent = TINY_LATENT if setup == "tiny-sd" else args.latent
         for batch in (int(b) for b in (args.tiny_batches if setup == "tiny-sd" else args.batches).split(",")):
             row = {"setup": setup, "latent": latent, "batch": batch}
-            for variant in ("teacher", "lcm"):
-                row[variant] = measure(setup, variant, batch, latent, args)
-                r = row[variant]
-                print(f"{setup} b{batch} {variant}: " + (r["skipped"] if "skipped" in r else
+            gc_modes = {"off": ("lcm",), "on": ("lcm_gc",), "both": ("lcm", "lcm_gc")}[args.gradient_checkpointing]
+            for key in ("teacher", *gc_modes):
+                row[key] = measure(setup, "teacher" if key == "teacher" else "lcm", batch, latent, args,
+                                   checkpointing=key == "lcm_gc")
+                r = row[key]
+                print(f"{setup} b{batch} {key}: " + (r["skipped"] if "skipped" in r else
                       f"{r['net_peak'] / GIB:.3f} GiB above baseline, {r['wall_s']:.2f} s/step"), flush=True)
             rows.append(row)
     command = "OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/lcm_memory.py " + " ".join(

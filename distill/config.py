@@ -231,6 +231,10 @@ class TrainConfig:
     weight_decay: float = ranged(0.0, ge=0.0)
     max_grad_norm: float = ranged(1.0, ge=0.0)  # 0 disables clipping
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # also the dtype frozen networks are stored in
+    # activation checkpointing of every trained network (diffusers' enable_gradient_checkpointing; the
+    # text encoder: transformers'): its blocks keep only their inputs and recompute the rest in the backward,
+    # less peak memory for about one more forward of time (bench/PERFORMANCE.md); distill.loop.checkpoint_activations
+    gradient_checkpointing: bool = False
     ddp_find_unused_parameters: bool = False  # DDP: needed when phases train different adapters of one UNet
     ddp_static_graph: bool = False  # DDP: the same parameters are used in every iteration
     seed: int = ranged(0, ge=0)

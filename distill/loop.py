@@ -37,7 +37,7 @@ from fewstep.distill.data import build_dataset, collate, first_items, has_images
 from fewstep.distill.lora_init import init_lora_file
 from fewstep.distill.methods.base import Method
 from fewstep.distill.methods.registry import REGISTRY
-from fewstep.distill.modelset import ModelSet, ema_update
+from fewstep.distill.modelset import ModelSet, ema_update, unwrap
 from fewstep.distill.phases import PhasePlan, build_optimizer, freeze_all_but, plan_phases, select_data
 from fewstep.distill.runlog import LOG_FILE, RESUMED, append_record
 from fewstep.distill.sampling import save_grid
@@ -81,6 +81,41 @@ def use_xformers_if_available(models: ModelSet, device: torch.device) -> bool:
         if unet is not None:
             unet.enable_xformers_memory_efficient_attention()
     return True
+
+
+def checkpoint_activations(models: ModelSet, names: list[str]) -> list[str]:
+    """Activation checkpointing (``train.gradient_checkpointing``) of the trained modules ``names``:
+    diffusers' ``enable_gradient_checkpointing`` on a diffusers model (a Denoiser's UNet: a LoRA
+    student's shared UNet, a full student, a full fake score; a VAE), transformers'
+    ``gradient_checkpointing_enable`` on a text encoder; both non-reentrant, so LoRA weights inside a
+    checkpointed block get gradients though the block's input needs none (torch.utils.checkpoint docs).
+
+    A checkpointed block keeps only its inputs and recomputes the rest during the backward. Both
+    libraries check ``torch.is_grad_enabled()`` first, so a frozen teacher or target called under
+    no_grad (one sharing the LoRA student's UNet too) runs exactly as before. A module whose class sets
+    ``checkpointing_exempt`` (its reason, e.g. the GAN head) is left as it is; any other module that
+    cannot checkpoint is a ConfigError (the knob never silently does nothing). Returns the names done."""
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    done = []
+    for name in names:
+        module = unwrap(models.modules[name])
+        net = getattr(module, "unet", module)  # a Denoiser: its UNet
+        if isinstance(net, ModelMixin) and net._supports_gradient_checkpointing:
+            net.enable_gradient_checkpointing()
+        elif isinstance(net, PreTrainedModel) and net.supports_gradient_checkpointing:
+            if hasattr(net, "activation_checkpointing_enable"):  # transformers 5's name for it
+                net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif getattr(net, "checkpointing_exempt", None):
+            continue
+        else:
+            raise ConfigError(f"train.gradient_checkpointing: the trained module {name!r} "
+                              f"({type(net).__name__}) cannot checkpoint activations; set it to false")
+        done.append(name)
+    return done
 
 
 def make_accelerator(tc: TrainConfig, run_dir: Path | None = None) -> Accelerator:
@@ -182,6 +217,8 @@ class Trainer:
         self.params = {p.name: [q for r in p.phase.modules for _, q in named[r]] for p in self.plans}
         self.trained = checkpoints.trained_names(self.models, named)
         self._check_ddp_settings()
+        if tc.gradient_checkpointing:  # before prepare: set on the plain modules
+            checkpoint_activations(self.models, sorted(self.trained))
         check_strategy(self.acc.distributed_type, sorted(self.trained), tc.grad_accum)
         if tc.mixed_precision in FROZEN_DTYPES:
             self.models.cast_frozen(FROZEN_DTYPES[tc.mixed_precision], {id(q) for ps in self.params.values() for q in ps})

@@ -17,6 +17,10 @@ GAN_HEAD = "gan_head"  # the role of the classification head
 class GanHead(nn.Module):
     """Bottleneck features [B, C, h, w] -> one logit per sample (any h, w)."""
 
+    # read by distill.loop.checkpoint_activations under train.gradient_checkpointing
+    checkpointing_exempt = ("one conv and a linear on the UNet's bottleneck (its lowest resolution): its "
+                            "activations are those of a single mid-block layer, nothing worth recomputing")
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
