@@ -149,6 +149,18 @@ def test_gan_head_trains_with_the_fake_score_on_real_images(tmp_path, method):
     assert all(np_finite(r["generator/gan"]) and np_finite(r[f"{FAKE}/gan_head"]) for r in logs)
 
 
+def test_handover_samples_are_used_even_when_the_gan_head_brings_a_batch(tmp_path):
+    """With the GAN term the fake phase reads data batches (captions, images); ``fake_samples: handover``
+    must still train on the generator phase's samples, not make fresh ones from the captions."""
+    for mode in ("handover", "fresh"):
+        trainer = make_trainer(tmp_path / mode, steps=1, kind="lora", method="sid", gan_weight=0.1, fake_samples=mode)
+        x0 = torch.randn(2, 4, 8, 8)
+        cond = trainer.models.encode_text(["a red circle", "a blue square"])
+        batch = {"captions": ["a green star", "a red square"], "handover": {"x0": x0, "cond": cond}}
+        got, got_cond, _ = trainer.method.fake_samples(trainer.models, batch)
+        assert (got is x0 and got_cond is cond) == (mode == "handover")
+
+
 def np_finite(x) -> bool:
     return x == x and abs(x) != float("inf")
 

@@ -189,14 +189,14 @@ class ScoreDistillation(Method):
     def fake_samples(self, models: ModelSet, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(detached generator samples, cond, uncond) for one fake-score step."""
         given = batch.get("handover", {})
+        if "x0" in given and (self.config.fake_samples == "handover" or "captions" not in batch):
+            cond = given["cond"]  # the batch may still carry captions and images (the GAN head's)
+            return given["x0"], cond, models.encode_text([""]).expand(len(cond), -1, -1)
         if "captions" in batch:  # fresh samples (fake_samples: fresh), or called on its own
             cond, uncond = encode_prompts(models, batch["captions"])
             with torch.no_grad():
                 x0 = self.training_samples(models, cond)
             return x0, cond, uncond
-        if "x0" in given:
-            cond = given["cond"]
-            return given["x0"], cond, models.encode_text([""]).expand(len(cond), -1, -1)
         raise ValueError("the fake_score phase trains on the generator's samples of this iteration; "
                          "none were handed over and the batch has no captions to make them from")
 
