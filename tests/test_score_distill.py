@@ -161,6 +161,30 @@ def test_handover_samples_are_used_even_when_the_gan_head_brings_a_batch(tmp_pat
         assert (got is x0 and got_cond is cond) == (mode == "handover")
 
 
+def test_gan_head_scores_real_images_with_their_own_captions(tmp_path, monkeypatch):
+    """Handed-over samples carry the generator phase's captions; the batch's real images are scored with
+    the batch's own captions, not those."""
+    import fewstep.distill.methods.generator as generator
+
+    trainer = make_trainer(tmp_path, steps=1, kind="lora", method="sid", gan_weight=0.1, fake_samples="handover")
+    models, seen = trainer.models, []
+    real_logits = generator.gan_logits
+
+    def spy(models, x_t, t, cond, *args):
+        seen.append(cond)
+        return real_logits(models, x_t, t, cond, *args)
+
+    monkeypatch.setattr(generator, "gan_logits", spy)
+    c = models["student"].unet.config
+    x0 = torch.randn(2, c.in_channels, c.sample_size, c.sample_size)
+    captions, given = ["a green star", "a red square"], ["a red circle", "a blue square"]
+    cond = models.encode_text(given)
+    pixels = torch.rand(2, 3, c.sample_size * models.pipe.vae_scale_factor, c.sample_size * models.pipe.vae_scale_factor)
+    trainer.method.fake_score_loss(models, {"captions": captions, "pixels": pixels * 2 - 1,
+                                            "handover": {"x0": x0, "cond": cond}})
+    assert seen[0] is cond and torch.equal(seen[1], models.encode_text(captions))
+
+
 def np_finite(x) -> bool:
     return x == x and abs(x) != float("inf")
 

@@ -208,11 +208,14 @@ class ScoreDistillation(Method):
         if not self.gan:
             return LossOutput(loss)
         real = models.encode_images(batch["pixels"])
+        # each real image with its own caption: fresh samples were made from the batch's captions, handed-over
+        # ones from the generator phase's
+        real_cond = cond if self.config.fake_samples == "fresh" else models.encode_text(batch["captions"])
         t = rng.randint(self.config.t_min, self.config.t_max + 1, len(x0), x0.device)
         with torch.no_grad():
             fake_in, real_in = noised(models[FAKE], x0, t), noised(models[FAKE], real, t)
         _, head_loss = gan_losses(fake_logits=gan_logits(models, fake_in, t, cond),
-                                  real_logits=gan_logits(models, real_in, t, cond))
+                                  real_logits=gan_logits(models, real_in, t, real_cond))
         return LossOutput(loss + self.config.gan_head_weight * head_loss, {"gan_head": head_loss.item()})
 
     def fake_denoising_loss(self, models: ModelSet, x0: torch.Tensor, cond: torch.Tensor,
