@@ -72,13 +72,15 @@ TINY = ROOT / "configs" / "tiny"
 GIB = 1024 ** 3
 
 # label -> (tiny config it takes its settings from, method overrides)
-VARIANTS = {"dmd": ("dmd.yaml", {}),  # fresh fake samples, 5 fake steps
-            "dmd-handover": ("dmd.yaml", {"fake_samples": "handover"}), "dmd-4step": ("dmd_4step.yaml", {}),
-            "dmd-gan": ("dmd.yaml", {"gan_weight": 0.01}), "vsd": ("vsd_lora.yaml", {}), "sid": ("sid.yaml", {})}
+# (dmd-gan and sid-gan: the shipped dmd.yaml and sid.yaml; dmd (fresh samples, 5 fake steps) and sid: no GAN)
+VARIANTS = {"dmd": ("dmd.yaml", {"gan_weight": 0.0}),
+            "dmd-handover": ("dmd.yaml", {"fake_samples": "handover", "gan_weight": 0.0}),
+            "dmd-4step": ("dmd_4step.yaml", {}), "dmd-gan": ("dmd.yaml", {}), "vsd": ("vsd.yaml", {}),
+            "sid": ("sid.yaml", {"gan_weight": 0.0}), "sid-gan": ("sid.yaml", {})}
 KINDS = ("lora", "full")
 MEMORY_VARIANTS = ("dmd", "dmd-gan", "vsd", "sid")
-WALL_CONFIGS = {"dmd.yaml": ("dmd", "full"), "dmd_4step.yaml": ("dmd-4step", "full"),
-                "vsd_lora.yaml": ("vsd", "lora"), "sid.yaml": ("sid", "full")}
+WALL_CONFIGS = {"dmd.yaml": ("dmd-gan", "full"), "dmd_4step.yaml": ("dmd-4step", "full"),
+                "vsd.yaml": ("vsd", "full"), "sid.yaml": ("sid-gan", "full")}
 REFERENCE = "lcm_lora.yaml"
 # the tests' very small pipeline (tests/conftest.py SMALL_ARCH)
 COUNT_ARCH = {"text_hidden": 32, "text_layers": 1, "text_heads": 2, "vae_channels": [8, 16, 16],
