@@ -71,12 +71,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny"
 GIB = 1024 ** 3
 
-# label -> (tiny config it takes its settings from, method overrides)
-# (dmd-gan and sid-gan: the shipped dmd.yaml and sid.yaml; dmd (fresh samples, 5 fake steps) and sid: no GAN)
-VARIANTS = {"dmd": ("dmd.yaml", {"gan_weight": 0.0}),
-            "dmd-handover": ("dmd.yaml", {"fake_samples": "handover", "gan_weight": 0.0}),
-            "dmd-4step": ("dmd_4step.yaml", {}), "dmd-gan": ("dmd.yaml", {}), "vsd": ("vsd.yaml", {}),
-            "sid": ("sid.yaml", {"gan_weight": 0.0}), "sid-gan": ("sid.yaml", {})}
+# label -> (tiny config it takes its settings from, method overrides); dmd-gan, sid-gan: the shipped configs
+VARIANTS = {"dmd": ("dmd.yaml", {"gan_weight": 0.0}), "dmd-handover": ("dmd.yaml", {"fake_samples": "handover",
+            "gan_weight": 0.0}), "dmd-4step": ("dmd_4step.yaml", {}), "dmd-gan": ("dmd.yaml", {}),
+            "vsd": ("vsd.yaml", {}), "sid": ("sid.yaml", {"gan_weight": 0.0}), "sid-gan": ("sid.yaml", {})}
 KINDS = ("lora", "full")
 MEMORY_VARIANTS = ("dmd", "dmd-gan", "vsd", "sid")
 WALL_CONFIGS = {"dmd.yaml": ("dmd-gan", "full"), "dmd_4step.yaml": ("dmd-4step", "full"),
