@@ -389,6 +389,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, help="steps excluded from the rates (default max(5, steps / 10))")
     p.add_argument("--reference-autocast", choices=("script", "off"), default="script",
                    help="script: as written (torch.autocast on the teacher/target passes); off: fp32 throughout")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra fewstep override, e.g. train.compile=true (repeatable; the reference is unchanged)")
     p.add_argument("--work", default="runs/bench-reference-lcm", help="shards, runs, weights (not in git)")
     p.add_argument("--out", default="bench/results/reference-lcm")
     args = p.parse_args()
@@ -401,7 +403,7 @@ def main() -> None:
     name = "fewstep-lcm-lora"
     overrides = [f"name={name}", f"output_dir={work}", f"train.steps={args.steps}", f"train.seed={args.seed}",
                  "eval.enabled=false", "validation.metrics=false", "train.validation_every=0",
-                 "train.checkpoint_every=0"]
+                 "train.checkpoint_every=0", *args.set]
     cfg = load_config(REPO / args.config, overrides)
     teacher = resolve_teacher(cfg)
     resolution = native_resolution(teacher)

@@ -118,6 +118,25 @@ def checkpoint_activations(models: ModelSet, names: list[str]) -> list[str]:
     return done
 
 
+def compile_unets(models: ModelSet) -> list[str]:
+    """``train.compile``: every module's UNet (a Denoiser's; a LoRA student's shared one carries its teacher
+    and target views) compiled in place with ``nn.Module.compile``, so the plain module and its DDP
+    wrapper both run the compiled forward and state-dict keys stay as they are. Static shapes: the few
+    distinct calls of a step (student with grad, target and teacher without, CFG's doubled batch) each
+    compile once instead of one dynamic-shape graph serving all. Returns the module names compiled."""
+    from diffusers import ModelMixin
+
+    done = []
+    for name, module in models.modules.items():
+        net = getattr(unwrap(module), "unet", None)
+        if isinstance(net, ModelMixin):
+            net.compile(dynamic=False)
+            done.append(name)
+    if not done:
+        raise ConfigError("train.compile: this run has no UNet to compile; set it to false")
+    return done
+
+
 def make_accelerator(tc: TrainConfig, run_dir: Path | None = None) -> Accelerator:
     """Mixed precision and DDP settings from the config, and its trackers when given the run folder they
     write into (without it, ``Trainer`` attaches them). The launcher's world (DDP, FSDP, DeepSpeed,
@@ -222,6 +241,8 @@ class Trainer:
         check_strategy(self.acc.distributed_type, sorted(self.trained), tc.grad_accum)
         if tc.mixed_precision in FROZEN_DTYPES:
             self.models.cast_frozen(FROZEN_DTYPES[tc.mixed_precision], {id(q) for ps in self.params.values() for q in ps})
+        if tc.compile:  # after the casts and checkpointing it must trace
+            compile_unets(self.models)
         names = sorted(self.trained)
         built = [build_optimizer(self.params[p.name], p, tc.steps) for p in self.plans]
         prepared = self.acc.prepare(*[self.models.modules[n] for n in names], *[o for o, _ in built],

@@ -228,8 +228,18 @@ def adapters_as(unet: nn.Module, view: View) -> Iterator[None]:
     if view.adapter is None and not view.base:
         yield
         return
+    if view.base:  # the LoRA teacher, once a step: flip peft's per-layer switch only
+        layers = [m for m in tuner_layers(unet) if not m.disable_adapters]
+        for m in layers:
+            m._disable_adapters = True
+        try:
+            yield
+        finally:
+            for m in layers:
+                m._disable_adapters = False
+        return
     before = unet.active_adapters()
-    if not view.base and list(before) == [view.adapter]:
+    if list(before) == [view.adapter]:
         yield  # already the one active adapter
         return
     lora = [p for n, p in unet.named_parameters() if ".lora_" in n]
@@ -239,19 +249,31 @@ def adapters_as(unet: nn.Module, view: View) -> Iterator[None]:
         for p, f in zip(lora, flags):
             p.requires_grad_(f)
 
-    if view.base:
-        unet.disable_adapters()
-    else:
-        unet.set_adapter(view.adapter)
+    unet.set_adapter(view.adapter)
     restore_flags()
     try:
         yield
     finally:
-        if view.base:
-            unet.enable_adapters()
-        else:
-            unet.set_adapter(before)
+        unet.set_adapter(before)
         restore_flags()
+
+
+def tuner_layers(unet: nn.Module) -> list[nn.Module]:
+    """peft's adapter layers of ``unet`` (``BaseTunerLayer``), found again only when its set of adapters
+    changes: walking every module costs ~5 ms a call on the embedded teacher.
+
+    The base view sets each layer's ``_disable_adapters``, the flag peft's own ``disable_adapters``
+    property returns and every LoRA forward reads. diffusers' ``disable_adapters()`` reaches the same flag
+    through peft's ``enable_adapters(False)``, which also rewrites ``requires_grad`` of every adapter
+    weight (put back after the call): 35 ms a call against under 1 ms (bench/PERFORMANCE.md).
+    tests/test_phases.py checks the teacher view against a fresh UNet, so a renamed flag fails there."""
+    key = tuple(getattr(unet, "peft_config", None) or ())
+    cached = unet.__dict__.get("_fewstep_tuner_layers")
+    if cached is None or cached[0] != key:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        cached = (key, [m for m in unet.modules() if isinstance(m, BaseTunerLayer)])
+        unet.__dict__["_fewstep_tuner_layers"] = cached
+    return cached[1]
 
 
 def unwrap(module):

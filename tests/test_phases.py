@@ -113,6 +113,31 @@ def test_adapter_roles_share_one_frozen_unet(tmp_path):
     assert models.pipe.unet.active_adapters() == ["default"]  # calls put back the student's adapter
 
 
+def test_teacher_view_leaves_flags_and_sees_adapters_added_later(tmp_path):
+    """The base view flips only peft's per-layer switch (distill.modelset.tuner_layers): requires_grad of
+    every adapter weight is as before, and an adapter added after the first call, on a layer that had none
+    (a new peft layer), is switched off too."""
+    from peft import LoraConfig
+
+    trainer = make_trainer(tmp_path, steps=1, checkpoint_every=0)
+    models, unet = trainer.models, trainer.models.pipe.unet
+    g = torch.Generator().manual_seed(0)
+    x, cond, t = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 16, 32, generator=g), torch.tensor([100, 700])
+    flags = {n: p.requires_grad for n, p in unet.named_parameters()}
+    assert any(flags.values())
+    with torch.no_grad():
+        before = models["teacher"](x, t, cond).output
+        assert {n: p.requires_grad for n, p in unet.named_parameters()} == flags
+        unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["conv_in"], init_lora_weights=False), "extra")
+        unet.set_adapter(["default", "extra"])
+        torch.testing.assert_close(models["teacher"](x, t, cond).output, before, rtol=0, atol=0)
+        assert unet.active_adapters() == ["default", "extra"]
+        with_extra = models.modules["unet"].unet(x, t, encoder_hidden_states=cond).sample
+    unet.set_adapter("default")
+    with torch.no_grad():
+        assert (with_extra - models.modules["unet"].unet(x, t, encoder_hidden_states=cond).sample).abs().max() > 1e-4
+
+
 def test_kill_and_resume_lands_on_the_same_phase_bitwise(tmp_path):
     full = make_trainer(tmp_path / "a", steps=5, checkpoint_every=0)
     full_events = record_steps(full)
