@@ -237,7 +237,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # torch.compile (inductor, static shapes) of every UNet the run calls, in place before the first step:
     # each distinct call (batch size, grad mode, adapter state) compiles once, minutes on a CPU, then runs
-    # faster (bench/PERFORMANCE.md, "A compiled UNet"); distill.loop.compile_unets
+    # faster (bench/REFERENCE_LCM.md, "With a compiled UNet"); distill.loop.compile_unets
     compile: bool = False
     ddp_find_unused_parameters: bool = False  # DDP: needed when phases train different adapters of one UNet
     ddp_static_graph: bool = False  # DDP: the same parameters are used in every iteration

@@ -23,6 +23,18 @@ def run_dict(tmp_path, method="denoise", steps=6, **train):
             "validation": {"num_images": 2, "metrics": False}}
 
 
+def lcm_step(trainer) -> tuple[float, list[torch.Tensor]]:
+    """The LCM loss of one fixed batch (fixed noise, timesteps, guidance) of a LoRA student's Trainer,
+    and its LoRA gradients."""
+    params = trainer.params["student"]
+    for p in params:
+        p.grad = None
+    torch.manual_seed(123)
+    loss = trainer.method.loss(trainer.models, trainer.val_batch, "student", 0).loss
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in params]
+
+
 # Tests that train, export or start fresh interpreters for more than a few seconds on a 2-core runner
 # (measured with --durations), in files that do not mark themselves: the inner loop
 # `python -m pytest -m "not slow"` skips them, CI's plain `python -m pytest` runs them.

@@ -4,14 +4,14 @@ roles share stay as they are), and a compiled LCM-LoRA step gives the eager step
 The test compiles with dynamo's ``aot_eager`` backend: the same graph capture, guards and autograd split
 as inductor, without its C++ code generation, which takes 5-10 minutes for the very small UNet's three
 graphs on a 2-core runner. Inductor's speed and its agreement with eager are measured by the benchmark
-in bench/PERFORMANCE.md ("A compiled UNet"), where the compiled run's losses match the eager run's."""
+in bench/REFERENCE_LCM.md ("With a compiled UNet"), where the compiled run's losses match the eager run's."""
 import pytest
 import torch
 
 from fewstep.distill.loop import Trainer
 from fewstep.distill.run_config import parse_config
 from fewstep.pipelines.tiny import build_tiny_pipeline
-from tests.conftest import run_dict
+from tests.conftest import lcm_step, run_dict
 
 
 def make_trainer(tmp_path, compile_unets):
@@ -25,17 +25,6 @@ def make_trainer(tmp_path, compile_unets):
             if ".lora_B." in n:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
     return trainer
-
-
-def lcm_step(trainer):
-    """The LCM loss of one fixed batch (fixed noise, timesteps, guidance) and its LoRA gradients."""
-    params = trainer.params["student"]
-    for p in params:
-        p.grad = None
-    torch.manual_seed(123)
-    loss = trainer.method.loss(trainer.models, trainer.val_batch, "student", 0).loss
-    loss.backward()
-    return loss.item(), [p.grad.clone() for p in params]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from fewstep.distill.methods.generator import FAKE
 from fewstep.distill.modelset import ModelSet
 from fewstep.distill.run_config import parse_config
 from fewstep.pipelines.tiny import build_tiny_pipeline
-from tests.conftest import run_dict
+from tests.conftest import lcm_step, run_dict
 
 
 def make_trainer(tmp_path, method="lcm", kind="lora", checkpointing=True, **settings):
@@ -34,17 +34,6 @@ def checkpoint_calls(monkeypatch):
 
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
     return calls
-
-
-def lcm_step(trainer) -> tuple[float, list[torch.Tensor]]:
-    """The LCM loss of one fixed batch (fixed noise, timesteps, guidance) and its LoRA gradients."""
-    params = trainer.params["student"]
-    for p in params:
-        p.grad = None
-    torch.manual_seed(123)
-    loss = trainer.method.loss(trainer.models, trainer.val_batch, "student", 0).loss
-    loss.backward()
-    return loss.item(), [p.grad.clone() for p in params]
 
 
 def test_off_by_default_and_on_for_the_lora_students_shared_unet(tmp_path):
