@@ -265,7 +265,7 @@ def tuner_layers(unet: nn.Module) -> list[nn.Module]:
     The base view sets each layer's ``_disable_adapters``, the flag peft's own ``disable_adapters``
     property returns and every LoRA forward reads. diffusers' ``disable_adapters()`` reaches the same flag
     through peft's ``enable_adapters(False)``, which also rewrites ``requires_grad`` of every adapter
-    weight (put back after the call): 35 ms a call against under 1 ms (bench/PERFORMANCE.md).
+    weight (put back after the call): 35 ms a call against 1.1 ms on an idle core (bench/adapter_switch.py).
     tests/test_phases.py checks the teacher view against a fresh UNet, so a renamed flag fails there."""
     key = tuple(getattr(unet, "peft_config", None) or ())
     cached = unet.__dict__.get("_fewstep_tuner_layers")
