@@ -395,16 +395,20 @@ def main() -> None:
     p.add_argument("--out", default="bench/results/reference-lcm")
     args = p.parse_args()
 
+    from fewstep.distill.config import ConfigError
     from fewstep.distill.run_config import load_config
     from reference_shards import brace_pattern, write_shards
 
     work, out = (REPO / args.work).resolve(), (REPO / args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     name = "fewstep-lcm-lora"
     overrides = [f"name={name}", f"output_dir={work}", f"train.steps={args.steps}", f"train.seed={args.seed}",
                  "eval.enabled=false", "validation.metrics=false", "train.validation_every=0",
                  "train.checkpoint_every=0", *args.set]
-    cfg = load_config(REPO / args.config, overrides)
+    try:  # a bad --set (or config) in one line, before any shard is written
+        cfg = load_config(REPO / args.config, overrides)
+    except ConfigError as e:
+        raise SystemExit(f"reference_lcm: {e}") from None
+    out.mkdir(parents=True, exist_ok=True)
     teacher = resolve_teacher(cfg)
     resolution = native_resolution(teacher)
     warmup = args.warmup or max(5, args.steps // 10)
