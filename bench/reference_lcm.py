@@ -86,11 +86,12 @@ def run_reference(argv: list[str]) -> None:
     runpy.run_path(script, run_name="__main__")
 
 
-def reference_flags(cfg, shards: str, out: Path, steps: int, seed: int, resolution: int) -> list[str]:
-    """The script's flags for the fewstep config ``cfg`` (a RunConfig)."""
+def reference_flags(cfg, shards: str, out: Path, steps: int, seed: int, resolution: int,
+                    checkpoint_every: int = 0) -> list[str]:
+    """The script's flags for the fewstep config ``cfg`` (a RunConfig); ``checkpoint_every``: as fewstep's."""
     m, s, t = cfg.method.config, cfg.student, cfg.train
     lr_schedule = "constant_with_warmup" if t.lr_schedule == "constant" and t.lr_warmup_steps else t.lr_schedule
-    never = str(steps + 1)  # no periodic checkpoint / validation inside the timed steps (fewstep: only at the end)
+    never = str(steps + 1)  # no periodic validation inside the timed steps; checkpoints only when asked (both runs)
     return ["--pretrained_teacher_model", str(resolve_teacher(cfg)), "--output_dir", str(out),
             "--train_shards_path_or_url", shards, "--max_train_samples", str(steps * t.batch_size),
             "--max_train_steps", str(steps), "--train_batch_size", str(t.batch_size),
@@ -102,7 +103,8 @@ def reference_flags(cfg, shards: str, out: Path, steps: int, seed: int, resoluti
             "--w_min", repr(m.w_min), "--w_max", repr(m.w_max), "--num_ddim_timesteps", str(m.num_ddim_timesteps),
             "--loss_type", "huber" if m.loss == "huber" else "l2", "--huber_c", repr(m.huber_c),
             "--timestep_scaling_factor", repr(m.timestep_scaling), "--seed", str(seed),
-            "--mixed_precision", t.mixed_precision, "--checkpointing_steps", never, "--validation_steps", never]
+            "--mixed_precision", t.mixed_precision, "--checkpointing_steps", str(checkpoint_every or never),
+            "--validation_steps", never]
 
 
 def resolve_teacher(cfg) -> Path:
@@ -391,6 +393,8 @@ def main() -> None:
                    help="script: as written (torch.autocast on the teacher/target passes); off: fp32 throughout")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra fewstep override, e.g. train.compile=true (repeatable; the reference is unchanged)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="both runs keep a checkpoint every N steps (for "
+                   "bench/reference_ttq.py's time-to-quality); 0: only the final weights")
     p.add_argument("--work", default="runs/bench-reference-lcm", help="shards, runs, weights (not in git)")
     p.add_argument("--out", default="bench/results/reference-lcm")
     args = p.parse_args()
@@ -403,7 +407,8 @@ def main() -> None:
     name = "fewstep-lcm-lora"
     overrides = [f"name={name}", f"output_dir={work}", f"train.steps={args.steps}", f"train.seed={args.seed}",
                  "eval.enabled=false", "validation.metrics=false", "train.validation_every=0",
-                 "train.checkpoint_every=0", *args.set]
+                 f"train.checkpoint_every={args.checkpoint_every}",
+                 f"train.checkpoints_total_limit={args.steps // max(args.checkpoint_every, 1) + 1}", *args.set]
     try:  # a bad --set (or config) in one line, before any shard is written
         cfg = load_config(REPO / args.config, overrides)
     except ConfigError as e:
@@ -424,7 +429,8 @@ def main() -> None:
            "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
     ref_cmd = [sys.executable, str(Path(__file__).resolve()), RUN_REFERENCE, args.reference_autocast,
                str(Path(args.script).resolve()),
-               *reference_flags(cfg, brace_pattern(shards), ref_out, args.steps, args.seed, resolution)]
+               *reference_flags(cfg, brace_pattern(shards), ref_out, args.steps, args.seed, resolution,
+                                args.checkpoint_every)]
     fs_cmd = [str(Path(sys.executable).with_name("fewstep")), "train", args.config,
               *[a for o in overrides for a in ("--set", o)]]
     work.mkdir(parents=True, exist_ok=True)
@@ -453,6 +459,7 @@ def main() -> None:
                                     "bench/reference_lcm.py", *sys.argv[1:]]),
                "fewstep_state": git_state(), "machine": machine(), "steps": args.steps, "seed": args.seed,
                "num_images": None if args.skip_eval else args.num_images, "warmup_steps": warmup,
+               "checkpoint_every": args.checkpoint_every, "work": str(work),
                "resolution": resolution, "teacher": str(teacher),
                "reference_autocast": args.reference_autocast, "reference_command": " ".join(ref_cmd),
                "fewstep_command": " ".join(fs_cmd), "shards": {"pattern": brace_pattern(shards),

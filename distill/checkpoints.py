@@ -295,6 +295,17 @@ def newest_good(run_dir: Path) -> tuple[Path | None, list[DamagedCheckpoint]]:
     return None, damaged
 
 
+def checkpoint_at(run_dir: Path, step: int) -> Path:
+    """The checkpoint written at ``step`` (``fewstep export --step``), verified; a CheckpointError naming the
+    steps the run has when there is none at ``step``, or naming the damaged file."""
+    found = dict(list_checkpoints(run_dir))
+    if step not in found:
+        have = ", ".join(map(str, found)) or "none"
+        raise CheckpointError(f"--step {step}: {run_dir} has no checkpoint at step {step} (checkpoints at: {have})")
+    verify(found[step])
+    return found[step]
+
+
 def resume_latest(run_dir: Path) -> tuple[Path | None, str | None]:
     """What ``--resume latest`` (and ``fewstep export``) load: the newest checkpoint that verifies, and a
     one-line note naming the damaged file of each newer checkpoint passed over (None: none was).

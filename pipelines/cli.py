@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "pytorch_lora_weights.safetensors, full students as a diffusers pipeline; "
                                    "with a stock scheduler recipe and a model card.")
     e.add_argument("run_dir", help="runs/<name>")
+    e.add_argument("--step", type=int, help="export the checkpoint of this step instead of the newest (train.checkpoint_every "
+                                            "and train.checkpoints_total_limit decide which are kept)")
     e.add_argument("--fuse", action="store_true", help="fuse a LoRA into the base and write a full pipeline")
     e.add_argument("--out", help="output folder (default runs/<name>/export or export-fused)")
 
@@ -344,13 +346,18 @@ def cmd_export(args) -> int:
         raise UserError(f"{run} is not a fewstep run directory (config.yaml missing)")
     out = Path(args.out) if args.out else run / ("export-fused" if args.fuse else "export")
     check_output("--out", out, folder=True)
-    from fewstep.distill.checkpoints import resume_latest
+    if args.step is not None:
+        bounds(ge=0).check("--step", args.step)
+    from fewstep.distill.checkpoints import checkpoint_at, resume_latest
     from fewstep.distill.loop import Trainer
     from fewstep.pipelines.export import export_run
 
     cfg = load_config(run / "config.yaml")
     cfg.output_dir, cfg.name = str(run.parent), run.name
-    newest, note = resume_latest(run)  # the newest whole checkpoint; a damaged newer one is named
+    if args.step is not None:
+        newest, note = checkpoint_at(run, args.step), None
+    else:
+        newest, note = resume_latest(run)  # the newest whole checkpoint; a damaged newer one is named
     if newest is None:
         raise UserError(f"{run} has no finished checkpoint under checkpoints/ (was the run killed before its "
                         "first save? resume it with fewstep train CONFIG --resume latest)")

@@ -4,11 +4,13 @@ The commands run in-process through ``main()`` (a subprocess would spend seconds
 diffusers for each case); one test runs the installed ``fewstep`` entry point itself."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from fewstep.pipelines.cli import main
@@ -89,6 +91,37 @@ def test_export_of_a_run_without_finished_checkpoint(tmp_path, capsys):
     (run / "config.yaml").write_text(yaml.safe_dump(run_dict(tmp_path)))
     one_clear_line(fewstep(capsys, "export", run), "no finished checkpoint")
     assert not (run / "export").exists()
+
+
+def test_export_of_an_earlier_checkpoint(tmp_path, capsys):
+    """``fewstep export --step N`` writes the student of checkpoint N: the same files as the newest-checkpoint
+    export of a run whose later checkpoints are gone, and not the final student; a step without a
+    checkpoint is one line naming the steps there are, before anything is written."""
+    from safetensors.torch import load_file
+
+    raw = run_dict(tmp_path, method="lcm", steps=6, checkpoint_every=3)
+    raw["student"] = {"kind": "lora", "lora_rank": 4}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "runs" / "t"
+    assert fewstep(capsys, "train", cfg, "--no-export")[0] == 0
+    code, err = fewstep(capsys, "export", run, "--step", "3", "--out", tmp_path / "at3")
+    assert code == 0 and "exported step 3 " in err, err
+    assert fewstep(capsys, "export", run, "--out", tmp_path / "final")[0] == 0
+    one_clear_line(fewstep(capsys, "export", run, "--step", "4", "--out", tmp_path / "at4"),
+                   "no checkpoint at step 4 (checkpoints at: 3, 6)")
+    assert not (tmp_path / "at4").exists()
+    one_clear_line(fewstep(capsys, "export", run, "--step", "-1", "--out", tmp_path / "neg"), "--step")
+    shutil.rmtree(run / "checkpoints" / "checkpoint-6")
+    assert fewstep(capsys, "export", run, "--out", tmp_path / "newest3")[0] == 0
+
+    def lora(folder):
+        return load_file(str(tmp_path / folder / "pytorch_lora_weights.safetensors"))
+
+    at3, final, newest3 = lora("at3"), lora("final"), lora("newest3")
+    assert at3.keys() == final.keys() == newest3.keys() and at3
+    assert all(torch.equal(at3[k], newest3[k]) for k in at3)
+    assert any(not torch.equal(at3[k], final[k]) for k in at3)
 
 
 def test_method_settings_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
