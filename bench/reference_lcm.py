@@ -150,23 +150,29 @@ class Child:
         self.log.close()
 
 
-def _hwm_kib(pid: int) -> int:
+def _status_kib(pid: int) -> dict[str, int]:
+    """VmHWM (peak resident set) and RssAnon (resident anonymous memory now: the heap, not file-backed
+    pages such as shared libraries or an mmap'd cache, which the kernel can drop) of ``pid``."""
+    out = {"VmHWM": 0, "RssAnon": 0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+            key = line.split(":", 1)[0]
+            if key in out:
+                out[key] = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return out
 
 
 class RssWatch(threading.Thread):
-    """Peak RSS of each child's process tree (sum, polled) and of its largest process (VmHWM)."""
+    """Peak RSS of each child's process tree (sum, polled), of its largest process (VmHWM), and the peak
+    anonymous memory of its largest process (RssAnon, polled)."""
 
     def __init__(self, children: list[Child], every: float = 0.5):
         super().__init__(daemon=True)
         self.children, self.every, self.done = children, every, threading.Event()
-        self.peak = {c.label: {"tree_bytes": 0, "largest_process_bytes": 0, "processes": {}} for c in children}
+        self.peak = {c.label: {"tree_bytes": 0, "largest_process_bytes": 0, "largest_process_anon_bytes": 0,
+                               "processes": {}} for c in children}
 
     def run(self) -> None:
         import psutil
@@ -188,8 +194,11 @@ class RssWatch(threading.Thread):
                     except psutil.Error:
                         continue
                     total += rss
-                    hwm = max(_hwm_kib(p.pid) * 1024, rss)
+                    status = _status_kib(p.pid)
+                    hwm = max(status["VmHWM"] * 1024, rss)
                     peak["largest_process_bytes"] = max(peak["largest_process_bytes"], hwm)
+                    peak["largest_process_anon_bytes"] = max(peak["largest_process_anon_bytes"],
+                                                             status["RssAnon"] * 1024)
                     peak["processes"][name] = max(peak["processes"].get(name, 0), hwm)
                 peak["tree_bytes"] = max(peak["tree_bytes"], total)
             self.done.wait(self.every)
@@ -401,6 +410,7 @@ def main() -> None:
 
     from fewstep.distill.config import ConfigError
     from fewstep.distill.run_config import load_config
+    from reference_report import markdown
     from reference_shards import brace_pattern, write_shards
 
     work, out = (REPO / args.work).resolve(), (REPO / args.out).resolve()
@@ -485,7 +495,7 @@ def main() -> None:
     if not args.skip_eval:
         results["quality"] = evaluate_both(args, work, out, name, converted, teacher, env)
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out / "results.md").write_text(markdown(results))
+    (out / "results.md").write_text(markdown(results, STEPS))
     print((out / "results.md").read_text())
 
 
@@ -526,60 +536,6 @@ def evaluate_both(args, work: Path, out: Path, name: str, converted: Path, teach
     (out / "combined").mkdir(exist_ok=True)
     shutil.copy(combined / "report.md", out / "combined" / "report.md")
     return quality(out, work, names, ("teacher", 50), combined)
-
-
-def _ci(v, ci, digits=3) -> str:
-    return f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
-def _diff(d, digits=3) -> str:
-    star = "*" if d["lo"] > 0 or d["hi"] < 0 else ""
-    return f"{d['diff']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]{star}"
-
-
-def markdown(r: dict) -> str:
-    sp, mem, lora = r["speed"], r["memory"], r["lora"]
-    gib = 2**30
-    lines = [f"# fewstep vs diffusers' LCM-LoRA script ({r['steps']} steps, seed {r['seed']})", "",
-             f"Command: `{r['command']}`", "", f"fewstep: {r['fewstep_state']}. Machine: {r['machine']}.",
-             f"Reference autocast: {r['reference_autocast']}. Warm-up excluded: {r['warmup_steps']} steps; "
-             f"common window {sp.get('common_window_s', float('nan')):.0f} s.", "",
-             "| | reference (diffusers script) | fewstep | fewstep / reference |", "| --- | --- | --- | --- |"]
-
-    def cell(label, key, fmt="{:.3f}"):
-        v = sp[label].get(key)
-        return fmt.format(v) if v is not None else "-"
-
-    for key, what in (("common_window_steps_per_s", "steps/s, both running (common window)"),
-                      ("own_window_steps_per_s", "steps/s, own post-warm-up window")):
-        a, b = sp["reference"].get(key), sp["fewstep"].get(key)
-        ci = (sp.get("ratio_blocks") or {}).get("ci95") if key.startswith("common") else None
-        interval = f" [{ci[0]:.3f}, {ci[1]:.3f}] (10 slices)" if ci else ""
-        lines.append(f"| {what} | {cell('reference', key)} | {cell('fewstep', key)} | "
-                     f"{b / a:.3f}x{interval} |" if a and b else f"| {what} | - | - | - |")
-    for key, what in (("largest_process_bytes", "peak RSS, largest process (VmHWM)"),
-                      ("tree_bytes", "peak RSS, process tree (polled)")):
-        a, b = mem["reference"][key] / gib, mem["fewstep"][key] / gib
-        lines.append(f"| {what} | {a:.2f} GiB | {b:.2f} GiB | {b / a:.2f}x |")
-    lines.append(f"| LoRA parameters (modules) | {lora['reference']['parameters']:,} ({lora['reference']['modules']}) | "
-                 f"{lora['fewstep']['parameters']:,} ({lora['fewstep']['modules']}) | same modules: "
-                 f"{lora['same_modules']} |")
-    lines += ["", f"Conversion check (script's peft UNet vs diffusers-loaded converted LoRA): max |diff| "
-              f"{lora['conversion_max_abs_diff']:.2e}.", ""]
-    q = r.get("quality")
-    if q:
-        t = q["teacher"]
-        lines += [f"Quality, {r.get('num_images', '')} paired prompts (fewstep eval; intervals 95 % bootstrap; `*` "
-                  f"excludes 0); teacher = DDIM {t['steps']} steps:", "",
-                  "| steps | all: reference | all: fewstep | all: fewstep - reference | FID-inf: reference | "
-                  "FID-inf: fewstep | FID-inf: fewstep - reference |", "| --- " * 7 + "|"]
-        for s in STEPS:
-            e = q[s] if s in q else q[str(s)]
-            a, b, d = e["reference"], e["fewstep"], e["fewstep_minus_reference"]
-            lines.append(f"| {s} | {_ci(a['all'], a['all_ci'])} | {_ci(b['all'], b['all_ci'])} | "
-                         f"{_diff(d['attribute_accuracy.all'])} | {_ci(a['fid_infinity'], a['fid_infinity_ci'], 1)} | "
-                         f"{_ci(b['fid_infinity'], b['fid_infinity_ci'], 1)} | {_diff(d['fid_infinity'], 1)} |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -135,6 +135,14 @@ def compile_unets(models: ModelSet) -> list[str]:
     if not done:
         raise ConfigError("train.compile: this run has no UNet to compile; set it to false")
     return done
+
+
+def eager_sampling(compiled: bool):
+    """Where ``train.compile`` is on, sampling (the validation grid and metrics, the export's grid) runs the
+    UNets eagerly (``torch.compiler.set_stance("force_eager")``): its batch shapes differ from the
+    training step's, and each would compile a graph of its own, used for a few calls per validation
+    (measured: a further 10-40 s per shape on this CPU with inductor's cache warm, minutes from cold)."""
+    return torch.compiler.set_stance("force_eager") if compiled else nullcontext()
 
 
 def make_accelerator(tc: TrainConfig, run_dir: Path | None = None) -> Accelerator:
@@ -352,13 +360,14 @@ class Trainer:
         self._finite_states()  # diverged weights are reported, not sampled (every process holds the same)
         self.validated_at, stop = self.step, False
         if self.acc.is_main_process:
-            with torch.no_grad(), self.acc.autocast():
-                images = self.method.preview(self.models, self.val_batch, self.cfg.validation.seed)
-            grid = self.run_dir / "samples" / f"step-{self.step:06d}.png"
-            save_grid(images, grid)
-            log_grid(self.acc.trackers, grid, self.step)
-            if self.validator is not None:
-                stop = self._measure()
+            with eager_sampling(self.cfg.train.compile):
+                with torch.no_grad(), self.acc.autocast():
+                    images = self.method.preview(self.models, self.val_batch, self.cfg.validation.seed)
+                grid = self.run_dir / "samples" / f"step-{self.step:06d}.png"
+                save_grid(images, grid)
+                log_grid(self.acc.trackers, grid, self.step)
+                if self.validator is not None:
+                    stop = self._measure()
         if self.cfg.validation.patience and self.acc.num_processes > 1:
             stop = broadcast_object_list([stop])[0]
         return stop

@@ -321,10 +321,12 @@ def cmd_train(args) -> int:
     if trainer.stopped and trainer.acc.is_main_process:  # a planned outcome: the final weights still export
         print(f"fewstep: {trainer.stopped}", file=sys.stderr)
     if not args.no_export and trainer.acc.is_main_process:
+        from fewstep.distill.loop import eager_sampling
         from fewstep.pipelines.export import export_run
 
-        out = export_run(trainer.method, models, cfg, cfg.run_dir / "export",
-                         grid_prompts=trainer.val_batch["captions"])
+        with eager_sampling(cfg.train.compile):
+            out = export_run(trainer.method, models, cfg, cfg.run_dir / "export",
+                             grid_prompts=trainer.val_batch["captions"])
         print(f"fewstep: exported to {out}", file=sys.stderr)
     if cfg.eval.enabled and trainer.acc.is_main_process:
         if args.no_export:
@@ -349,7 +351,7 @@ def cmd_export(args) -> int:
     if args.step is not None:
         bounds(ge=0).check("--step", args.step)
     from fewstep.distill.checkpoints import checkpoint_at, resume_latest
-    from fewstep.distill.loop import Trainer
+    from fewstep.distill.loop import Trainer, eager_sampling
     from fewstep.pipelines.export import export_run
 
     cfg = load_config(run / "config.yaml")
@@ -365,7 +367,8 @@ def cmd_export(args) -> int:
         print(f"fewstep: {note}", file=sys.stderr)
     trainer = Trainer(cfg, _load_pipeline_for(cfg))
     trainer.load_checkpoint(newest, verified=True)
-    export_run(trainer.method, trainer.models, cfg, out, fuse=args.fuse, grid_prompts=trainer.val_batch["captions"])
+    with eager_sampling(cfg.train.compile):  # a train.compile run: nothing here is worth compiling
+        export_run(trainer.method, trainer.models, cfg, out, fuse=args.fuse, grid_prompts=trainer.val_batch["captions"])
     print(f"fewstep: exported step {trainer.step} of {run} to {out}", file=sys.stderr)
     return 0
 

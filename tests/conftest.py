@@ -40,7 +40,8 @@ def lcm_step(trainer) -> tuple[float, list[torch.Tensor]]:
 # `python -m pytest -m "not slow"` skips them, CI's plain `python -m pytest` runs them.
 SLOW = {
     "test_assets.py": {"test_embedded_teacher_loads_with_plain_diffusers_offline"},
-    "test_compile.py": {"test_compiled_lcm_lora_step_equals_the_eager_one"},
+    "test_compile.py": {"test_compiled_lcm_lora_step_equals_the_eager_one",
+                        "test_sampling_of_a_compiled_run_compiles_nothing"},
     "test_distributed.py": {"test_two_process_lora_training_checkpoints_and_resumes"},
     "test_export.py": {"test_export_matches_fewstep_sampler_in_plain_diffusers"},
     "test_judges.py": {"test_short_classifier_build_is_sane_and_reproducible",

@@ -62,3 +62,20 @@ def test_compiled_lcm_lora_step_equals_the_eager_one(tmp_path, aot_eager):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * b.abs().max().item())
     # the compiled graphs ran (a silent fall back to eager would leave dynamo's counters at zero)
     assert counters["stats"]["unique_graphs"] >= 3  # student with grad, target and teacher without
+
+
+def test_sampling_of_a_compiled_run_compiles_nothing(tmp_path, aot_eager):
+    """The validation grid (and the export's, through the same ``eager_sampling``) runs eagerly: its batch
+    shapes would each compile a graph of their own, used for a handful of calls."""
+    from torch._dynamo.utils import counters
+
+    trainer = make_trainer(tmp_path, True)
+    lcm_step(trainer)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 3
+    trainer.validate()
+    assert (tmp_path / "runs" / "t" / "samples" / "step-000000.png").is_file()
+    assert counters["stats"]["unique_graphs"] == graphs
+    with torch.no_grad():  # the same sampling outside the stance does compile (so the count above can move)
+        trainer.method.preview(trainer.models, trainer.val_batch, 0)
+    assert counters["stats"]["unique_graphs"] > graphs
