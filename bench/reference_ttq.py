@@ -8,6 +8,8 @@ launch until a run's 2-step "all" first reaches 0.95x the teacher's, read from t
 Each checkpoint becomes a LoRA folder (fewstep: ``fewstep export RUN --step N``; the script's:
 ``reference_lcm.convert_reference_lora`` on its ``checkpoint-N``) and is judged by ``fewstep eval`` at 2
 steps on the first ``--num-images`` held-out prompts (the two sides in two processes, one thread each).
+Step 0 is the untrained student (``untrained``: the teacher with the export's LCM recipe), judged on
+each side and timed at the side's first progress-bar update.
 The time of step N is the run's own progress-bar timestamp (seconds since its process started, so it
 includes loading and any compile: ``results.json`` of the training run, written while both ran side by
 side). The teacher's "all" is its 50-step DDIM row in ``bench/results/teacher-sweep`` (same prompts and
@@ -25,7 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-EVAL_STEPS = 2
+EVAL_STEPS = 2  # the criterion's step count
+ALSO = 1  # judged too, for the curve: on the embedded teacher 1 step is where training shows
 
 
 def step_time(progress: list, step: int) -> float | None:
@@ -55,9 +58,30 @@ def lora_folders(work: Path, side: str, steps: list[int], fewstep_run: Path, env
     return folders
 
 
+def untrained(first: Path, dest: Path) -> Path:
+    """The student before its first step: the LoRA folder ``first`` with every up-projection (lora_B) at
+    zero, as peft initialises it, so the model is the teacher sampled with the export's LCM recipe."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(first, dest)
+    path = dest / "pytorch_lora_weights.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    up = [k for k in tensors if ".lora_B." in k or ".lora.up." in k]
+    if not up:
+        raise SystemExit(f"reference_ttq: {path}: no lora_B / lora.up tensors to zero")
+    save_file({k: torch.zeros_like(v) if k in up else v for k, v in tensors.items()}, str(path), metadata=meta)
+    return dest
+
+
 def eval_script(teacher: Path, folders: dict[int, Path], out: Path, num_images: int) -> list[list[str]]:
     fewstep = str(Path(sys.executable).with_name("fewstep"))
-    return [[fewstep, "eval", "--pipeline", str(teacher), "--lora", str(folder), "--steps", str(EVAL_STEPS),
+    return [[fewstep, "eval", "--pipeline", str(teacher), "--lora", str(folder), "--steps", f"{ALSO},{EVAL_STEPS}",
              "--num-images", str(num_images), "--no-floor", "--out", str(out / f"step-{k}")]
             for k, folder in folders.items()]
 
@@ -70,12 +94,16 @@ def run_side(cmds: list[list[str]], log: Path, env: dict) -> subprocess.Popen:
 
 
 def read_curve(out: Path, steps: list[int], progress: list) -> list[dict]:
+    """``out``/step-K/metrics.json for each K (0: the untrained student, timed at the bar's first update)."""
     curve = []
-    for k in steps:
+    for k in [0, *steps]:
         rows = json.loads((out / f"step-{k}" / "metrics.json").read_text())["rows"]
         r = next(r for r in rows if r["steps"] == EVAL_STEPS)
-        curve.append({"step": k, "seconds": step_time(progress, k), "all": r["attribute_accuracy"]["all"],
-                      "all_ci": r["ci"]["attribute_accuracy.all"], "fid_infinity": r["fid_infinity"]})
+        one = next(r for r in rows if r["steps"] == ALSO)
+        curve.append({"step": k, "seconds": step_time(progress, k) if k else progress[0][0],
+                      "all": r["attribute_accuracy"]["all"], "all_ci": r["ci"]["attribute_accuracy.all"],
+                      "fid_infinity": r["fid_infinity"], f"all@{ALSO}": one["attribute_accuracy"]["all"],
+                      f"fid_infinity@{ALSO}": one["fid_infinity"]})
     return curve
 
 
@@ -85,16 +113,18 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, (ax, ax1) = plt.subplots(1, 2, figsize=(11, 4.0))
     for side, color in (("reference", "tab:orange"), ("fewstep", "tab:blue")):
         c = result["curves"][side]
         x = [p["seconds"] / 60 for p in c]
         ax.plot(x, [p["all"] for p in c], "o-", color=color, label=side)
         ax.fill_between(x, [p["all_ci"][0] for p in c], [p["all_ci"][1] for p in c], color=color, alpha=0.15)
+        ax1.plot(x, [p[f"all@{ALSO}"] for p in c], "o-", color=color, label=side)
     ax.axhline(result["threshold"], color="gray", ls="--", label=f"{result['fraction']}x teacher")
-    ax.set_xlabel("wall time since launch (min), both runs side by side")
-    ax.set_ylabel(f'"all" at {EVAL_STEPS} steps')
-    ax.legend()
+    for a, k in ((ax, EVAL_STEPS), (ax1, ALSO)):
+        a.set_xlabel("wall time since launch (min), both runs side by side")
+        a.set_ylabel(f'"all" at {k} step{"s" if k > 1 else ""}')
+        a.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -115,13 +145,14 @@ def markdown(r: dict) -> str:
     ratio = r.get("ratio_fewstep_over_reference")
     lines += ["", f"Time to quality, fewstep / reference: **{ratio:.2f}x**." if ratio else
               "Time to quality, fewstep / reference: - (a side never reached it).", "",
-              "| step | reference: s since launch | reference: all | fewstep: s since launch | fewstep: all |",
-              "| --- " * 5 + "|"]
+              f"| step | reference: s since launch | reference: all@{EVAL_STEPS} (all@{ALSO}) | "
+              f"fewstep: s since launch | fewstep: all@{EVAL_STEPS} (all@{ALSO}) |", "| --- " * 5 + "|"]
     ref, fs = ({c["step"]: c for c in r["curves"][s]} for s in ("reference", "fewstep"))
+    one = f"all@{ALSO}"
     for k in sorted(set(ref) | set(fs)):
         a, b = ref.get(k), fs.get(k)
-        lines.append(f"| {k} | {a['seconds']:.0f} | {a['all']:.3f} | {b['seconds']:.0f} | {b['all']:.3f} |"
-                     if a and b else f"| {k} | - | - | - | - |")
+        lines.append(f"| {k} | {a['seconds']:.0f} | {a['all']:.3f} ({a[one]:.3f}) | {b['seconds']:.0f} | "
+                     f"{b['all']:.3f} ({b[one]:.3f}) |" if a and b else f"| {k} | - | - | - | - |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,7 +181,10 @@ def main() -> None:
     procs, outs = {}, {}
     for side in ("reference", "fewstep"):
         folders = lora_folders(work, side, steps, fewstep_run, env)
+        if side == "reference":  # the same untrained student on both sides (the converted folders carry fewstep's recipe)
+            zero = untrained(folders[steps[0]], work / "ttq" / "untrained")
         outs[side] = work / "ttq" / f"eval-{side}"
+        folders = {0: zero, **folders}
         procs[side] = run_side(eval_script(teacher, folders, outs[side], args.num_images), work / f"ttq-{side}.log", env)
     for side, proc in procs.items():
         if proc.wait():
