@@ -141,7 +141,7 @@ def eager_sampling(compiled: bool):
     """Where ``train.compile`` is on, sampling (the validation grid and metrics, the export's grid) runs the
     UNets eagerly (``torch.compiler.set_stance("force_eager")``): its batch shapes differ from the
     training step's, and each would compile a graph of its own, used for a few calls per validation
-    (measured: a further 10-40 s per shape on this CPU with inductor's cache warm, minutes from cold)."""
+    (on this CPU: tens of seconds per shape with inductor's cache warm, minutes from cold)."""
     return torch.compiler.set_stance("force_eager") if compiled else nullcontext()
 
 
