@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,13 +28,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+from reference_lcm import _first, convert_reference_lora  # noqa: E402  (_first: when a progress list shows a step)
+
 EVAL_STEPS = 2  # the criterion's step count
 ALSO = 1  # judged too, for the curve: on the embedded teacher 1 step is where training shows
-
-
-def step_time(progress: list, step: int) -> float | None:
-    """Seconds since launch when the progress bar first showed ``step`` (None: it never did)."""
-    return next((t for t, n in progress if n >= step), None)
 
 
 def first_reaching(curve: list[dict], threshold: float) -> dict | None:
@@ -42,8 +40,6 @@ def first_reaching(curve: list[dict], threshold: float) -> dict | None:
 
 
 def lora_folders(work: Path, side: str, steps: list[int], fewstep_run: Path, env: dict) -> dict[int, Path]:
-    from reference_lcm import convert_reference_lora
-
     folders = {}
     for k in steps:
         dest = work / "ttq" / side / f"step-{k}"
@@ -88,7 +84,7 @@ def eval_script(teacher: Path, folders: dict[int, Path], out: Path, num_images: 
 
 def run_side(cmds: list[list[str]], log: Path, env: dict) -> subprocess.Popen:
     """One process that runs ``cmds`` one after another (stops at the first failure)."""
-    script = " && ".join(" ".join(f"'{a}'" for a in cmd) for cmd in cmds)
+    script = " && ".join(shlex.join(cmd) for cmd in cmds)
     return subprocess.Popen(["bash", "-c", script], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
                             cwd=REPO)
 
@@ -100,7 +96,7 @@ def read_curve(out: Path, steps: list[int], progress: list) -> list[dict]:
         rows = json.loads((out / f"step-{k}" / "metrics.json").read_text())["rows"]
         r = next(r for r in rows if r["steps"] == EVAL_STEPS)
         one = next(r for r in rows if r["steps"] == ALSO)
-        curve.append({"step": k, "seconds": step_time(progress, k) if k else progress[0][0],
+        curve.append({"step": k, "seconds": _first(progress, k) if k else progress[0][0],
                       "all": r["attribute_accuracy"]["all"], "all_ci": r["ci"]["attribute_accuracy.all"],
                       "fid_infinity": r["fid_infinity"], f"all@{ALSO}": one["attribute_accuracy"]["all"],
                       f"fid_infinity@{ALSO}": one["fid_infinity"]})
@@ -162,6 +158,9 @@ def main() -> None:
     p.add_argument("--num-images", type=int, default=1000)
     p.add_argument("--fraction", type=float, default=0.95, help="of the teacher's 50-step \"all\"")
     args = p.parse_args()
+    if args.num_images < 1 or not 0 < args.fraction <= 1:
+        raise SystemExit(f"reference_ttq: --num-images must be >= 1 and --fraction in (0, 1], "
+                         f"got {args.num_images} and {args.fraction}")
     results_dir = (REPO / args.results).resolve()
     train = json.loads((results_dir / "results.json").read_text())
     if not train.get("checkpoint_every"):
