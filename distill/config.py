@@ -239,6 +239,11 @@ class TrainConfig:
     # each distinct call (batch size, grad mode, adapter state) compiles once, minutes on a CPU, then runs
     # faster (bench/REFERENCE_LCM.md, "With a compiled UNet"); distill.loop.compile_unets
     compile: bool = False
+    # torch.optim.AdamW's implementation: "fused" (one kernel over all tensors), "foreach" (multi-tensor ops),
+    # "for-loop" (ops per tensor, torch's CPU default); "auto": fused where every trained tensor is a float
+    # tensor on CPU or CUDA, else torch's own choice. Same math; fused took a tiny LoRA student's step from
+    # 22 to 4 ms on a CPU core (bench/PERFORMANCE.md, "AdamW implementation"); distill.phases.adamw_flags
+    adamw_impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
     ddp_find_unused_parameters: bool = False  # DDP: needed when phases train different adapters of one UNet
     ddp_static_graph: bool = False  # DDP: the same parameters are used in every iteration
     seed: int = ranged(0, ge=0)

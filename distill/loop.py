@@ -33,12 +33,14 @@ from fewstep.distill.checkpoints import CKPT_PREFIX, list_checkpoints  # noqa: F
 from fewstep.distill.config import (VALIDATION_METRICS, ConfigError, DivergedError, RunConfig, TrainConfig,
                                     check_trained_steps, check_validation, save_config, to_dict, validation_steps,
                                     watched_metric)
-from fewstep.distill.data import build_dataset, collate, first_items, has_images, prepare_loader, take_corrupt
+from fewstep.distill.data import build_dataset, collate, has_images, prepare_loader, take_corrupt
 from fewstep.distill.lora_init import init_lora_file
 from fewstep.distill.methods.base import Method
 from fewstep.distill.methods.registry import REGISTRY
 from fewstep.distill.modelset import ModelSet, ema_update, unwrap
-from fewstep.distill.phases import PhasePlan, build_optimizer, freeze_all_but, plan_phases, select_data
+from fewstep.distill.restore import validation_batch
+from fewstep.distill.phases import (PhasePlan, build_optimizer, freeze_all_but, keep_implementation, plan_phases,
+                                    select_data)
 from fewstep.distill.runlog import LOG_FILE, RESUMED, append_record
 from fewstep.distill.sampling import save_grid
 from fewstep.distill.trackers import (PROJECT, attach_trackers, check_trackers, hyperparameters, init_kwargs, log_grid,
@@ -252,7 +254,7 @@ class Trainer:
         if tc.compile:  # after the casts and checkpointing it must trace
             compile_unets(self.models)
         names = sorted(self.trained)
-        built = [build_optimizer(self.params[p.name], p, tc.steps) for p in self.plans]
+        built = [build_optimizer(self.params[p.name], p, tc.steps, tc.adamw_impl) for p in self.plans]
         prepared = self.acc.prepare(*[self.models.modules[n] for n in names], *[o for o, _ in built],
                                     *[s for _, s in built])
         for n, m in zip(names, prepared):
@@ -274,7 +276,7 @@ class Trainer:
             # sees the same noise as an uninterrupted one.
             generator=torch.Generator().manual_seed(tc.seed))
         self.loader = prepare_loader(self.acc, self.loader)  # a streaming source is not split a second time
-        self.val_batch = self._validation_batch()
+        self.val_batch = validation_batch(cfg)
         self.step = 0  # iterations done
         self.phase_steps = {p.name: 0 for p in self.plans}  # optimizer steps each phase has taken
         self.drawn = 0  # data batches consumed (resume skips exactly these)
@@ -298,15 +300,6 @@ class Trainer:
             if len(sets - {frozenset()}) > 1:
                 raise ConfigError(f"train.ddp_find_unused_parameters: phases train different parts of module "
                                   f"{module!r}; set it to true for multi-process training")
-
-    def _validation_batch(self) -> dict:
-        v = self.cfg.validation
-        ds = build_dataset(self.cfg.data, seed=v.seed)  # held-out split where the source has one
-        items = first_items(ds, v.num_images)
-        batch = collate(items)
-        if v.prompts:
-            batch["captions"] = [v.prompts[i % len(v.prompts)] for i in range(v.num_images)]
-        return batch
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _resume_hint(self) -> str:
@@ -339,6 +332,8 @@ class Trainer:
     def load_checkpoint(self, path: Path, verified: bool = False) -> None:
         """Continue from ``path`` (verified first unless ``verified``: ``checkpoints.resume_latest`` did)."""
         state = checkpoints.load(self.acc, path, self.models, self.trained, list(self.phase_steps), verified)
+        for opt in self.opts.values():
+            keep_implementation(opt)
         self.step, self.drawn = state["step"], state["batches_drawn"]
         self.phase_steps = dict(state["phase_steps"])
         self.corrupt_skipped = checkpoints.own_count(state, "corrupt_skipped", self.acc.process_index)

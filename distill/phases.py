@@ -99,15 +99,43 @@ def plan_phases(phases: Iterable[Phase], train: TrainConfig) -> list[PhasePlan]:
     return plans
 
 
-def build_optimizer(params: list[torch.nn.Parameter], plan: PhasePlan, iterations: int):
-    """AdamW and its LR schedule for one phase, over the optimizer steps it takes in ``iterations``."""
+FUSED_DEVICES = ("cpu", "cuda")  # where "auto" picks torch's fused AdamW (torch has it for more; tested on these)
+
+
+def adamw_flags(params: list[torch.nn.Parameter], impl: str) -> dict:
+    """``torch.optim.AdamW``'s ``fused`` / ``foreach`` arguments for ``train.adamw_impl``."""
+    if impl == "auto":
+        fits = all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in params)
+        return {"fused": True} if fits else {}
+    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[impl]
+
+
+def build_optimizer(params: list[torch.nn.Parameter], plan: PhasePlan, iterations: int, impl: str = "auto"):
+    """AdamW (implementation ``impl``, ``train.adamw_impl``) and its LR schedule for one phase, over the
+    optimizer steps it takes in ``iterations``."""
     from diffusers.optimization import get_scheduler
 
-    opt = torch.optim.AdamW(params, lr=plan.lr, betas=plan.betas, weight_decay=plan.weight_decay)
+    opt = torch.optim.AdamW(params, lr=plan.lr, betas=plan.betas, weight_decay=plan.weight_decay,
+                            **adamw_flags(params, impl))
     sched = get_scheduler(schedule_name(plan.lr_schedule, plan.lr_warmup_steps), opt,
                           num_warmup_steps=plan.lr_warmup_steps,
                           num_training_steps=plan.steps_until(iterations))
     return opt, sched
+
+
+def keep_implementation(opt: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict``: the implementation this run built ``opt`` with, not the checkpoint's.
+    torch takes every param-group entry from the saved state, ``fused`` and ``foreach`` too, so a run
+    resumed from another implementation's checkpoint would silently keep that one; the step counters
+    then go where a fresh optimizer of this kind keeps them (fused: on the parameter's device)."""
+    opt = getattr(opt, "optimizer", opt)  # accelerate's wrapper
+    fused = bool(opt.defaults.get("fused"))
+    for group in opt.param_groups:
+        group["fused"], group["foreach"] = opt.defaults.get("fused"), opt.defaults.get("foreach")
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(p.device if fused or group["capturable"] else "cpu", torch.float32)
 
 
 def freeze_all_but(params: dict[str, list[torch.nn.Parameter]], phase: str | None) -> None:

@@ -351,7 +351,7 @@ def cmd_export(args) -> int:
     if args.step is not None:
         bounds(ge=0).check("--step", args.step)
     from fewstep.distill.checkpoints import checkpoint_at, resume_latest
-    from fewstep.distill.loop import Trainer, eager_sampling
+    from fewstep.distill.restore import restore, validation_batch
     from fewstep.pipelines.export import export_run
 
     cfg = load_config(run / "config.yaml")
@@ -365,11 +365,11 @@ def cmd_export(args) -> int:
                         "first save? resume it with fewstep train CONFIG --resume latest)")
     if note:
         print(f"fewstep: {note}", file=sys.stderr)
-    trainer = Trainer(cfg, _load_pipeline_for(cfg))
-    trainer.load_checkpoint(newest, verified=True)
-    with eager_sampling(cfg.train.compile):  # a train.compile run: nothing here is worth compiling
-        export_run(trainer.method, trainer.models, cfg, out, fuse=args.fuse, grid_prompts=trainer.val_batch["captions"])
-    print(f"fewstep: exported step {trainer.step} of {run} to {out}", file=sys.stderr)
+    captions = validation_batch(cfg)["captions"]  # a missing data source is named before the teacher loads
+    # the trained weights alone: no optimizer, data loader, compiled graphs or method setup (DMD2's pairs)
+    method, models, step = restore(cfg, _load_pipeline_for(cfg), newest, verified=True)
+    export_run(method, models, cfg, out, fuse=args.fuse, grid_prompts=captions)
+    print(f"fewstep: exported step {step} of {run} to {out}", file=sys.stderr)
     return 0
 
 
