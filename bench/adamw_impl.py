@@ -34,18 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny"
 sys.path.insert(0, str(ROOT / "bench"))
 from score_cost import quiet_trainer  # noqa: E402
+from reference_seeds import t_interval  # noqa: E402
 from step_bound import CONFIGS, SETUP  # noqa: E402
 
 IMPLS = {"fused": {"fused": True, "foreach": None}, "for-loop": {"fused": None, "foreach": False},
          "foreach": {"fused": None, "foreach": True}}
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18,
-       15: 2.13, 20: 2.09, 25: 2.06, 30: 2.04}  # two-sided 95 % Student t
-
-
-def t95(df: int) -> float:
-    return T95[max(k for k in T95 if k <= df)] if df < 30 else 1.96
-
-
 def optimizer_alone(params: list[torch.nn.Parameter], reps: int) -> dict[str, float]:
     """CPU ms per AdamW step of each implementation over copies of ``params`` with fixed gradients."""
     g = torch.Generator().manual_seed(0)
@@ -91,11 +84,9 @@ def iterations(trainer, warmup: int, pairs: int) -> dict:
     trainer.train()
     times = {impl: [s for i, s in marks if i == impl] for impl in ("fused", "for-loop")}
     n = min(len(times["fused"]), len(times["for-loop"]))
-    diffs = [b - a for a, b in zip(times["fused"][:n], times["for-loop"][:n])]
-    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-    half = t95(n - 1) * sd / n ** 0.5
+    mean, lo, hi = t_interval([b - a for a, b in zip(times["fused"][:n], times["for-loop"][:n])])
     return {"pairs": n, "fused_s": statistics.median(times["fused"]), "for_loop_s": statistics.median(times["for-loop"]),
-            "diff_s": mean, "diff_ci": [mean - half, mean + half], "times": times}
+            "diff_s": mean, "diff_ci": [lo, hi], "times": times}
 
 
 def measure(config: str, args) -> dict:

@@ -13,18 +13,18 @@ import json
 import statistics
 from pathlib import Path
 
+from scipy.stats import t as student_t
+
 STEPS = (1, 2, 4)
-# two-sided 95 % Student t quantiles by degrees of freedom
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def t_interval(diffs: list[float]) -> tuple[float, float, float] | None:
-    """Mean of ``diffs`` and its 95 % t-interval (None with fewer than 2 values)."""
+    """Mean of ``diffs`` and its two-sided 95 % Student t-interval (None with fewer than 2 values)."""
     n = len(diffs)
-    if n < 2 or n - 1 not in T975:
+    if n < 2:
         return None
     mean = statistics.fmean(diffs)
-    half = T975[n - 1] * statistics.stdev(diffs) / n ** 0.5
+    half = float(student_t.ppf(0.975, n - 1)) * statistics.stdev(diffs) / n ** 0.5
     return mean, mean - half, mean + half
 
 
