@@ -38,9 +38,9 @@ from fewstep.distill.lora_init import init_lora_file
 from fewstep.distill.methods.base import Method
 from fewstep.distill.methods.registry import REGISTRY
 from fewstep.distill.modelset import ModelSet, ema_update, unwrap
-from fewstep.distill.restore import validation_batch
 from fewstep.distill.phases import (PhasePlan, build_optimizer, freeze_all_but, keep_implementation, plan_phases,
                                     select_data)
+from fewstep.distill.restore import validation_batch
 from fewstep.distill.runlog import LOG_FILE, RESUMED, append_record
 from fewstep.distill.sampling import save_grid
 from fewstep.distill.trackers import (PROJECT, attach_trackers, check_trackers, hyperparameters, init_kwargs, log_grid,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from accelerate.utils import set_seed
 
 from fewstep.distill import checkpoints
 from fewstep.distill.config import RunConfig
@@ -44,6 +45,7 @@ def restore(cfg: RunConfig, pipe, folder: Path, verified: bool = False, device: 
     plans = plan_phases(method.phases(), cfg.train)
     state = checkpoints.check_phases(folder, [p.name for p in plans])  # another method's: before building
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    set_seed(cfg.train.seed)  # as the Trainer builds: whatever a build draws at random and no checkpoint holds
     models = method.build(pipe).to(device)
     named = {r: models.trainable_parameters(r) for p in plans for r in p.phase.modules}
     checkpoints.load_weights(folder, state, models, checkpoints.trained_names(models, named))
