@@ -173,14 +173,9 @@ def cmd_cache(args) -> int:
 
 
 def _load_pipeline_for(cfg):
-    from fewstep.pipelines.teacher import load_teacher
-    from fewstep.pipelines.tiny import build_tiny_pipeline
+    from fewstep.pipelines.teacher import run_teacher
 
-    pipe = build_tiny_pipeline(cfg.model.tiny, cfg.train.seed) if cfg.model.tiny else load_teacher(cfg.model)
-    if cfg.model.prediction_type:
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config,
-                                                          prediction_type=cfg.model.prediction_type)
-    return pipe
+    return run_teacher(cfg)
 
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # package data in a wheel, configs/ in a checkout

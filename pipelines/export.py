@@ -154,7 +154,7 @@ def export_run(method, models, cfg, out: str | Path, fuse: bool = False, grid_pr
 
     from fewstep.distill.config import to_dict
     from fewstep.distill.modelset import unwrap
-    from fewstep.pipelines.teacher import load_teacher
+    from fewstep.pipelines.teacher import run_teacher
 
     pipe, recipe = method.to_pipeline(models)
     mixed = cfg.train.mixed_precision != "no"
@@ -173,7 +173,7 @@ def export_run(method, models, cfg, out: str | Path, fuse: bool = False, grid_pr
     # fingerprint and the sample grid come from that base.
     with tempfile.TemporaryDirectory() as tmp:
         save_lora(pipe, tmp)
-        fresh = load_teacher(cfg.model)  # with its revision and variant
+        fresh = run_teacher(cfg)  # with its revision, variant and prediction type (a tiny run: its seeded one)
         fresh.load_lora_weights(tmp, adapter_name="default")  # the name save_lora reads
     if not fuse:
         return export_lora(fresh, recipe, out, base_unet=fresh.unet, **common)

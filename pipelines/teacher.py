@@ -288,6 +288,19 @@ def load_teacher(model) -> StableDiffusionPipeline:
     return load_pipeline(model.pretrained, revision=model.revision, variant=model.variant)
 
 
+def run_teacher(cfg) -> StableDiffusionPipeline:
+    """The teacher a run (``RunConfig``) trains on: ``load_teacher`` of its ``model`` section, or for
+    ``model.tiny`` a fresh tiny pipeline seeded with ``train.seed`` (the same weights every time), its
+    scheduler re-made with ``model.prediction_type`` where that is set."""
+    from fewstep.pipelines.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(cfg.model.tiny, cfg.train.seed) if cfg.model.tiny else load_teacher(cfg.model)
+    if cfg.model.prediction_type:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config,
+                                                          prediction_type=cfg.model.prediction_type)
+    return pipe
+
+
 class Pin(NamedTuple):
     """Which files of a pipeline id load: ``model.revision`` (hub ids: a branch, tag or commit; None: main)
     and ``model.variant`` (``fp16``: the ``*.fp16.safetensors`` files; None: the plain ones)."""

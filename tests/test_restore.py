@@ -13,6 +13,7 @@ from fewstep.distill.methods import dmd
 from fewstep.distill.modelset import unwrap
 from fewstep.distill.restore import restore
 from fewstep.distill.run_config import parse_config
+from fewstep.pipelines.teacher import run_teacher
 from fewstep.pipelines.tiny import build_tiny_pipeline
 from tests.conftest import fewstep, run_dict
 
@@ -60,3 +61,9 @@ def test_export_command_writes_what_the_run_exported(tmp_path, capsys):
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     for text in ("fewstep_recipe.json", "README.md"):
         assert (tmp_path / "again" / text).read_text() == (run / "export" / text).read_text(), text
+    # fused onto a fresh teacher: for a model.tiny run, the same seeded tiny pipeline (it had no other)
+    code, err = fewstep(capsys, "export", run, "--fuse", "--out", tmp_path / "fused")
+    assert code == 0, err
+    fused = load_file(str(tmp_path / "fused" / "unet" / "diffusion_pytorch_model.safetensors"))
+    base = run_teacher(parse_config(raw)).unet.state_dict()
+    assert fused.keys() == base.keys() and any(not torch.equal(fused[k], base[k]) for k in base)
