@@ -37,17 +37,25 @@ from score_cost import quiet_trainer  # noqa: E402
 from reference_seeds import t_interval  # noqa: E402
 from step_bound import CONFIGS, SETUP  # noqa: E402
 
-IMPLS = {"fused": {"fused": True, "foreach": None}, "for-loop": {"fused": None, "foreach": False},
-         "foreach": {"fused": None, "foreach": True}}
+from fewstep.distill.phases import adamw_flags  # noqa: E402
+
+IMPLS = ("fused", "for-loop", "foreach")  # train.adamw_impl's forced choices
+
+
+def group_flags(impl: str) -> dict:
+    """A param group's ``fused`` / ``foreach`` entries as AdamW sets them when built for ``impl``."""
+    return {"fused": None, "foreach": None, **adamw_flags([], impl)}
+
+
 def optimizer_alone(params: list[torch.nn.Parameter], reps: int) -> dict[str, float]:
     """CPU ms per AdamW step of each implementation over copies of ``params`` with fixed gradients."""
     g = torch.Generator().manual_seed(0)
     opts = {}
-    for name, flags in IMPLS.items():
+    for name in IMPLS:
         copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
         for c in copies:
             c.grad = torch.randn(c.shape, generator=g, dtype=c.dtype) * 1e-3
-        opts[name] = torch.optim.AdamW(copies, lr=1e-4, **{k: v for k, v in flags.items() if v is not None})
+        opts[name] = torch.optim.AdamW(copies, lr=1e-4, **adamw_flags(copies, name))
         opts[name].step()  # states made
     times = {name: [] for name in opts}
     for _ in range(reps):
@@ -61,7 +69,7 @@ def optimizer_alone(params: list[torch.nn.Parameter], reps: int) -> dict[str, fl
 def switch(trainer, impl: str) -> None:
     for opt in trainer.opts.values():
         for group in opt.optimizer.param_groups:
-            group.update(IMPLS[impl])
+            group.update(group_flags(impl))
 
 
 def iterations(trainer, warmup: int, pairs: int) -> dict:
