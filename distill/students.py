@@ -16,6 +16,7 @@ from diffusers import UNet2DConditionModel
 from peft import LoraConfig
 from torch import nn
 
+from fewstep.distill import lora_merged
 from fewstep.distill.config import ConfigError, StudentConfig
 from fewstep.distill.denoiser import Denoiser
 from fewstep.distill.lora_init import load_into_adapter
@@ -56,6 +57,7 @@ def add_lora(unet: UNet2DConditionModel, cfg: StudentConfig, adapter_name: str =
         unet.add_adapter(config, adapter_name)
     for n, p in unet.named_parameters():
         p.requires_grad_("lora_" in n)
+    lora_merged.install(unet)  # where the adapter takes no gradient its layers run merged: same output, cheaper
     return unet
 
 
