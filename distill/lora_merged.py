@@ -52,9 +52,10 @@ def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if adapters is None:
         return type(self).forward(self, x, *args, **kwargs)
     base = self.get_base_layer()
-    weight = base.weight
-    for name in adapters:
-        weight = weight + self.get_delta_weight(name)
+    weight = self.get_delta_weight(adapters[0])  # no adapter here takes a gradient: sum in place, in one buffer
+    for name in adapters[1:]:
+        weight.add_(self.get_delta_weight(name))
+    weight.add_(base.weight)
     if isinstance(base, nn.Conv2d):
         return base._conv_forward(x, weight, base.bias)
     return nn.functional.linear(x, weight, base.bias)

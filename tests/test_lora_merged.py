@@ -193,3 +193,29 @@ def test_embedded_student_target_view_merges(monkeypatch):
     assert len(temb) > 0 and len(calls) == 128 - len(temb)
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
     assert (base - want).abs().max() > 0.1
+
+
+def test_two_active_adapters_merge_both(monkeypatch):
+    nets = []
+    for _ in range(2):
+        net = lora_net()
+        torch.manual_seed(7)
+        net = inject_adapter_in_model(LoraConfig(r=3, lora_alpha=3, target_modules=["conv", "proj"]), net,
+                                      adapter_name="other")
+        with torch.no_grad():
+            for n, p in net.named_parameters():
+                if "lora_B.other" in n:
+                    p.normal_(0, 0.3)
+        for m in (net.conv, net.down, net.proj):
+            m.set_adapter([a for a in ("default", "other") if a in m.lora_A])
+        nets.append(net)
+    lora_merged.install(nets[1])
+    calls = count_merges(monkeypatch)
+    x = torch.randn(4, 8, 16, 16)
+    with torch.no_grad():
+        want, got = nets[0](x), nets[1](x)
+        nets[0].proj.set_adapter("default")
+        one = nets[0](x)
+    assert sorted(calls) == ["default"] * 3 + ["other"] * 2
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert (one - want).abs().max() > 0.1  # the second adapter counts
