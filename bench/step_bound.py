@@ -297,7 +297,7 @@ def measure(config: str, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(TINY / config, [f"output_dir={tmp}", f"train.steps={end}", "train.validation_every=0",
                                           "train.checkpoint_every=0", "train.log_every=1000000", "eval.enabled=false",
-                                          *SETUP.get(config, [])])
+                                          *SETUP.get(config, []), *args.set])
         trainer, marks, state = quiet_trainer(cfg, load_pipeline("tiny-sd")), {}, {"replay_s": 0.0}
 
         def before(plan):
@@ -373,6 +373,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "step-bound")
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every config, e.g. train.compile=true (repeatable)")
     for name, default in (("warmup", 2), ("record", 2), ("iterations", 1), ("blocks", 11), ("reps", 1)):
         ap.add_argument(f"--{name}", type=int, default=default)
     args = ap.parse_args(argv)
