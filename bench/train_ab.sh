@@ -3,18 +3,22 @@
 # (one thread each), STEPS steps each, then seconds per step of both over the log records after step
 # WARMUP (records every 10 steps: the steps' wall time, no validation or evaluation inside the window),
 # paired by step: the ratio old / new per record, its median and mean with a 95 % t-interval. The older
-# commit runs from a temporary git worktree (bench/old_commit.sh). Extra arguments go to both runs.
-#   bash bench/train_ab.sh OLD_COMMIT CONFIG STEPS WARMUP OUT [--set KEY=VALUE ...]
+# commit runs from a temporary git worktree (bench/old_commit.sh). Extra arguments go to both runs, but
+# `--new-set KEY=VALUE` only to this checkout's (a setting the older commit does not have).
+# Records pair by step, not by time: with train.compile, warm inductor's cache for both sides first (a
+# few steps of each), or the side that compiles longer runs its last steps alone, on a quieter machine.
+#   bash bench/train_ab.sh OLD_COMMIT CONFIG STEPS WARMUP OUT [--set KEY=VALUE ...] [--new-set KEY=VALUE ...]
 # e.g. bash bench/train_ab.sh 08efad9 configs/tiny/lcm_lora.yaml 200 40 bench/results/lora-merged/train-ab \
 #        --set train.compile=true --set data.source=cache --set data.path=runs/cache-tiny-19200
 set -euo pipefail
 [ $# -ge 5 ] || { echo "usage: bash bench/train_ab.sh OLD_COMMIT CONFIG STEPS WARMUP OUT [--set KEY=VALUE ...]" >&2; exit 2; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OLD=$1; CONFIG=$(realpath "$2"); STEPS=$3; WARMUP=$4; OUT=$(realpath -m "$5"); COMMAND="bash bench/train_ab.sh $*"; shift 5
-EXTRA=()
+EXTRA=(); NEW_EXTRA=(); only_new=0
 for a in "$@"; do  # a data.path relative to this checkout, as both runs see it
+  [ "$a" = "--new-set" ] && { only_new=1; continue; }
   case $a in data.path=*) p=${a#data.path=}; [ -e "$ROOT/$p" ] && a="data.path=$ROOT/$p" ;; esac
-  EXTRA+=("$a")
+  if [ $only_new = 1 ]; then NEW_EXTRA+=(--set "$a"); only_new=0; else EXTRA+=("$a"); fi
 done
 source "$ROOT/bench/old_commit.sh" && old_commit "$ROOT" "$OLD" && mkdir -p "$OUT"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -22,7 +26,7 @@ FLAGS=(--set name=ab --set train.steps="$STEPS" --set train.log_every=10 --set t
        --set train.validation_every=0 --set eval.enabled=false "${EXTRA[@]}")
 (cd "$TMP" && PYTHONPATH="$OLD_PATH" /usr/bin/time -f "old %e s %M KB" "$ROOT/.venv/bin/python" -m fewstep.pipelines.cli \
    train "$CONFIG" --no-export --set output_dir="$TMP/old-runs" "${FLAGS[@]}" > "$OUT/old.log" 2>&1) &
-(cd "$ROOT" && /usr/bin/time -f "new %e s %M KB" .venv/bin/fewstep train "$CONFIG" --no-export --set output_dir="$TMP/new-runs" "${FLAGS[@]}" \
+(cd "$ROOT" && /usr/bin/time -f "new %e s %M KB" .venv/bin/fewstep train "$CONFIG" --no-export --set output_dir="$TMP/new-runs" "${FLAGS[@]}" ${NEW_EXTRA[@]+"${NEW_EXTRA[@]}"} \
    > "$OUT/new.log" 2>&1) &
 wait
 tail -1 "$OUT/old.log"; tail -1 "$OUT/new.log"

@@ -240,6 +240,11 @@ class TrainConfig:
     # faster: the embedded LCM-LoRA step ~1.35x on an AVX2 CPU, only 3-10 % on an AVX-512 one, whose eager
     # kernels are already fast (bench/REFERENCE_LCM.md, "With a compiled UNet"); distill.loop.compile_unets
     compile: bool = False
+    # every network of the run (UNets, GAN heads) in channels_last memory format, before compiling: conv
+    # weights and activations NHWC, oneDNN's preferred layout on CPUs (and cuDNN's under bf16/fp16). The same
+    # math, different float32 rounding; the compiled LCM-LoRA step on the embedded teacher 1 % faster on an
+    # AVX-512 CPU, eager no faster (bench/STEP_OPTIMISATIONS.md); distill.loop.channels_last
+    channels_last: bool = False
     # torch.optim.AdamW's implementation: "fused" (one kernel over all tensors), "foreach" (multi-tensor ops),
     # "for-loop" (ops per tensor, torch's CPU default); "auto": fused where every trained tensor is a float
     # tensor on CPU or CUDA, else torch's own choice. Same math; fused took a tiny LoRA student's step from

@@ -139,6 +139,15 @@ def compile_unets(models: ModelSet) -> list[str]:
     return done
 
 
+def channels_last(models: ModelSet) -> int:
+    """``train.channels_last``: every module of the run in channels_last memory format, in place (the
+    Parameter objects stay, so optimizer lists built from them hold). Returns the 4-D tensors converted."""
+    nets = [unwrap(m) for m in models.modules.values()]
+    for net in nets:
+        net.to(memory_format=torch.channels_last)
+    return sum(p.dim() == 4 for net in nets for p in net.parameters())
+
+
 def eager_sampling(compiled: bool):
     """Where ``train.compile`` is on, sampling (the validation grid and metrics, the export's grid) runs the
     UNets eagerly (``torch.compiler.set_stance("force_eager")``): its batch shapes differ from the
@@ -251,6 +260,8 @@ class Trainer:
         check_strategy(self.acc.distributed_type, sorted(self.trained), tc.grad_accum)
         if tc.mixed_precision in FROZEN_DTYPES:
             self.models.cast_frozen(FROZEN_DTYPES[tc.mixed_precision], {id(q) for ps in self.params.values() for q in ps})
+        if tc.channels_last:  # before compiling: the graphs trace the layout
+            channels_last(self.models)
         if tc.compile:  # after the casts and checkpointing it must trace
             compile_unets(self.models)
         names = sorted(self.trained)

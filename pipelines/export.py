@@ -93,7 +93,8 @@ def lora_state_dict(unet) -> dict:
     """
     from peft.utils import get_peft_model_state_dict
 
-    return get_peft_model_state_dict(unet)
+    # contiguous: a train.channels_last run holds its conv LoRA factors NHWC, which safetensors refuses
+    return {k: v.contiguous() for k, v in get_peft_model_state_dict(unet).items()}
 
 
 def save_lora(pipe, folder) -> None:
