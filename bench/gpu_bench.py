@@ -17,7 +17,8 @@ run (a part that would not fit in what is left is skipped and says so):
    with CUDA events (median of 5 after 2 warm-ups): text encode (B prompts), VAE encode (B images,
    512 px), teacher forward with CFG (2B rows), target forward (B), student forward + backward (B),
    AdamW step, and for the full student the EMA update. Their FLOPs from
-   ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention).
+   ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention). Then the three UNet
+   passes again with the networks NHWC (``train.channels_last``), outside the bound.
 4. **sampling**: ``StableDiffusionPipeline`` in fp16 at 512 px, batch 1: the teacher at 50 and 25 DDIM
    steps with CFG 7.5 vs an LCMScheduler student at 1 / 2 / 4 / 8 steps without CFG (same random UNet:
    the cost, not the pictures), each to images and to latents (the difference is the VAE decode);
@@ -227,10 +228,15 @@ def passes(kind: str, batch: int, student_cfg, latent: int) -> dict:
         rows[name] = {**cuda_time(fn), "flops": flops(fn) if name not in ("adamw_step", "ema_update") else 0}
     total_s = sum(r["s"] for r in rows.values())
     total_f = sum(r["flops"] for r in rows.values())
+    # train.channels_last (bench/STEP_OPTIMISATIONS.md; 1 % of a compiled CPU step): the three UNet passes
+    # again with every network NHWC, as the loop converts them; not part of the bound
+    for net in {id(n): n for n in (student, teacher, target)}.values():
+        net.to(memory_format=torch.channels_last)
+    nhwc = {n: cuda_time(named[n]) for n in ("teacher_cfg_forward", "target_forward", "student_forward_backward")}
     del student, teacher, target, base, opt, text, vae
     empty_cache()
     return {"kind": kind, "batch": batch, "passes": rows, "bound_s": total_s, "flops": total_f,
-            "bound_tflops": total_f / total_s / 1e12}
+            "bound_tflops": total_f / total_s / 1e12, "channels_last": nhwc}
 
 
 def empty_cache() -> None:
@@ -463,6 +469,10 @@ def report(d: dict) -> str:
                              (f" ({q['flops'] / q['s'] / 1e12:.0f})" if q["flops"] else ""))
             lines.append(f"| {kind}, {batch} | " + " | ".join(cells) + f" | {r['bound_s'] * 1e3:.1f} |")
         lines.append("")
+        nhwc = [f"- {kind}, {batch}, networks NHWC (`train.channels_last`), ms (default / NHWC): " + "; ".join(
+                    f"{n} {r['passes'][n]['s'] * 1e3:.1f} / {q['s'] * 1e3:.1f} ({r['passes'][n]['s'] / q['s']:.2f}x)"
+                    for n, q in r["channels_last"].items()) for (kind, batch), r in bounds.items() if r.get("channels_last")]
+        lines += nhwc + [""] * bool(nhwc)
     s = p.get("sampling")
     if s:
         lines += [f"Sampling latency, batch 1, {d.get('resolution')} px, {'fp16' if d.get('device') == 'cuda' else 'fp32'} "

@@ -3,6 +3,8 @@ layers (base + B A branch) against ``distill/lora_merged.py`` (one layer with W 
 that is fewer multiply-adds), in one process, alternating rounds; one thread.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/lora_merged.py --out bench/results/lora-merged
+    OMP_NUM_THREADS=1 .venv/bin/python bench/lora_merged.py --skip-tiny --sd15-px 512 --sd15-batches 1 --rounds 3 \
+        --name sd15-512 --out bench/results/lora-merged
 
 Cases: the embedded teacher with configs/tiny/lcm_lora.yaml's adapter (rank 16) at the training batch 32,
 eager and compiled (inductor, static shapes; the first call compiles), and SD1.5's UNet (random weights,
@@ -107,37 +109,43 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--skip-sd15", action="store_true")
     p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--skip-tiny", action="store_true")
+    p.add_argument("--sd15-px", type=int, default=256, help="SD1.5 rows' resolution (latents px / 8)")
+    p.add_argument("--sd15-batches", default="1,2")
+    p.add_argument("--name", default="lora_merged", help="results file stem")
     args = p.parse_args()
     torch.manual_seed(0)
     from diffusers import UNet2DConditionModel
 
     results = {}
-    tiny = lora_unet(UNet2DConditionModel.from_pretrained(REPO / "assets/tiny-sd/unet"), REPO / "configs/tiny/lcm_lora.yaml")
-    x = inputs(tiny, 32, tiny.config.sample_size, 16)
-    for compiled in ([False] if args.skip_compile else [False, True]):
-        name = f"embedded, batch 32, {'compiled' if compiled else 'eager'}"
-        results[name] = time_case(tiny, x, compiled, args.rounds, 12)
-        print(name, json.dumps(results[name]), flush=True)
-    del tiny
+    if not args.skip_tiny:
+        tiny = lora_unet(UNet2DConditionModel.from_pretrained(REPO / "assets/tiny-sd/unet"),
+                         REPO / "configs/tiny/lcm_lora.yaml")
+        x = inputs(tiny, 32, tiny.config.sample_size, 16)
+        for compiled in ([False] if args.skip_compile else [False, True]):
+            name = f"embedded, batch 32, {'compiled' if compiled else 'eager'}"
+            results[name] = time_case(tiny, x, compiled, args.rounds, 12)
+            print(name, json.dumps(results[name]), flush=True)
+        del tiny
     if not args.skip_sd15:
         from sd15_arch import sd15_unet
 
         sd = lora_unet(sd15_unet(), REPO / "configs/sd15/lcm_lora.yaml")
-        for batch in (1, 2):
-            name = f"SD1.5 architecture, 256 px, batch {batch}, eager"
-            results[name] = time_case(sd, inputs(sd, batch, 32, 77), False, args.rounds, 3)
+        for batch in map(int, args.sd15_batches.split(",")):
+            name = f"SD1.5 architecture, {args.sd15_px} px, batch {batch}, eager"
+            results[name] = time_case(sd, inputs(sd, batch, args.sd15_px // 8, 77), False, args.rounds, 3)
             print(name, json.dumps(results[name]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lora_merged.json").write_text(json.dumps(results, indent=1))
+    (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     lines = ["# A LoRA UNet's no-gradient forward: peft's layers against merged layers", "",
-             f"`OMP_NUM_THREADS=1 .venv/bin/python bench/lora_merged.py --out {args.out}` ({args.rounds} rounds)", "",
+             f"`OMP_NUM_THREADS=1 .venv/bin/python bench/lora_merged.py {' '.join(sys.argv[1:])}`", "",
              "| case | peft ms (median of rounds) | merged ms | peft / merged: median [min, max] | layers merged | max abs diff (of max abs output) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         lines.append(f"| {name} | {statistics.median(r['peft_ms']):.1f} | {statistics.median(r['merged_ms']):.1f} | "
                      f"{r['ratio_median']:.2f}x [{r['ratio_min']:.2f}, {r['ratio_max']:.2f}] | "
                      f"{r['merged_layers']} / {r['lora_layers']} | {r['max_abs_diff']:.1e} ({r['output_abs_max']:.1f}) |")
-    (args.out / "lora_merged.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -38,7 +38,8 @@ def test_report_divides_step_time_by_the_bound_and_flops_by_step_time(gpu):
     passes = {n: {"s": s, "min": s, "max": s, "flops": f} for n, s, f in
               (("text_encode", 0.01, 1e12), ("student_forward_backward", 0.19, 9e12), ("adamw_step", 0.05, 0))}
     d = {"date": "2026-11-29", "device": "cuda", "resolution": 512, "skipped": ["train dmd2-b8: budget"],
-         "parts": {"passes": [{"kind": "lora", "batch": 8, "passes": passes, "bound_s": 0.25, "flops": 10e12}],
+         "parts": {"passes": [{"kind": "lora", "batch": 8, "passes": passes, "bound_s": 0.25, "flops": 10e12,
+                               "channels_last": {"student_forward_backward": {"s": 0.152}}}],
                    "train": [{"name": "lcm-lora-b8", "batch": 8, "rc": 0, "s_per_step": 0.5, "spread": [0.4, 0.6],
                               "images_per_s": 16.0, "gpu_peak_gib": 15.0},
                              {"name": "lcm-full-b8", "batch": 8, "rc": -9, "stopped": "ran past 240 s"}]}}
@@ -49,6 +50,7 @@ def test_report_divides_step_time_by_the_bound_and_flops_by_step_time(gpu):
     assert "rc -9 ran past 240 s" in text  # a failed run says so; it is not a row of numbers
     assert "| lora, 8 | 10.0 (100) | 190.0 (47) | 50.0 | - | 250.0 |" in text  # ms (TFLOP/s)
     assert "Skipped: train dmd2-b8: budget" in text
+    assert "- lora, 8, networks NHWC (`train.channels_last`), ms (default / NHWC): student_forward_backward 190.0 / 152.0 (1.25x)" in text
 
 
 def test_without_a_gpu_it_says_so_in_one_line():
