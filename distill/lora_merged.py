@@ -12,8 +12,8 @@ Which form is cheaper depends on the shapes. Merging costs |W| r multiply-adds p
 branch costs |A| + |B| per output position (a token of a Linear, a pixel of a Conv2d's output), and
 there are batch x positions of those. ``merge_is_cheaper`` decides per layer and call; with static shapes
 under ``torch.compile`` that is decided once, at trace time. On the embedded teacher (batch 32, 8x8
-latents) every layer merges but the time-embedding projections (one row per image); on SD1.5 at batch 1
-and 256 px the deepest (4x4-latent) layers keep the branch too.
+latents) every layer merges but the time-embedding projections (one row per image); on SD1.5 at batch 1,
+65 of 278 layers merge at 256 px and 129 at 512 px (bench/STEP_OPTIMISATIONS.md).
 
 Anything else (DoRA or other peft variants, dropout, a LoRA bias, mixed dtypes such as bf16 base
 weights under fp32 adapters, per-row ``adapter_names``, a layer already merged or switched off) runs
@@ -68,6 +68,8 @@ def mergeable(self, x: torch.Tensor, args: tuple, kwargs: dict) -> list[str] | N
     base = self.get_base_layer()
     if type(base) not in (nn.Linear, nn.Conv2d) or getattr(self, "fan_in_fan_out", False):
         return None
+    if torch.is_grad_enabled() and base.weight.requires_grad:
+        return None  # a trained base: its gradient goes through W itself
     adapters = [a for a in self.active_adapters if a in self.lora_A]
     if not adapters:
         return None

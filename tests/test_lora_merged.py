@@ -97,6 +97,23 @@ def test_frozen_adapter_merges_and_passes_the_input_gradient(monkeypatch):
     torch.testing.assert_close(xs[1].grad, xs[0].grad, atol=ATOL, rtol=1e-4)
 
 
+def test_a_trained_base_under_a_frozen_adapter_keeps_its_gradient(monkeypatch):
+    peft_net, fast = lora_net(), lora_net()
+    lora_merged.install(fast)
+    for net in (peft_net, fast):
+        for n, p in net.named_parameters():
+            p.requires_grad_("lora_" not in n)  # base trained, adapter frozen
+    calls = count_merges(monkeypatch)
+    x = torch.randn(2, 8, 16, 16)
+    for net in (peft_net, fast):
+        net(x).square().mean().backward()
+    assert calls == []
+    grads = dict(peft_net.named_parameters())
+    for n, p in fast.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.equal(p.grad, grads[n].grad), n
+
+
 @pytest.mark.parametrize("case", ["dropout", "disabled", "bf16 base", "adapter_names"])
 def test_what_merging_cannot_reproduce_runs_peft_forward(case, monkeypatch):
     kw = {"lora_dropout": 0.5} if case == "dropout" else {}
